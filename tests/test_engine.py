@@ -1,0 +1,132 @@
+"""The training engine: schedule, checkpoints, exact resume, early stopping, finished runs reused."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from utils.augment import AugmentConfig, BatchAugment
+from utils.engine import TrainConfig, class_weights, fit, learning_rate, load_checkpoint
+from utils.loader import FaceTensors
+from utils.models import FERNet
+from utils.supervised import Supervised
+
+
+def tiny_net(seed=0, classes=3):
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(
+        nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.1), nn.AdaptiveAvgPool2d(2), nn.Flatten()
+    )
+    return FERNet(backbone, 32, classes)
+
+
+def toy_data(n=96, seed=0):
+    """Three classes told apart by where a bright square sits."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 60, (n, 1, 16, 16), generator=g, dtype=torch.uint8)
+    y = torch.arange(n) % 3
+    for i in range(n):
+        r = 2 + 5 * int(y[i])
+        x[i, 0, r : r + 4, 4:12] = 250
+    return FaceTensors(x, y)
+
+
+def make_method(seed=0):
+    augment = BatchAugment(AugmentConfig(rotate=5, translate=0.05, scale=(0.9, 1.0), flip=0.0))
+    return Supervised(tiny_net(seed), augment, label_smoothing=0.05)
+
+
+def validator(data):
+    def validate(method):
+        with torch.no_grad():
+            logits = method.model(data.x.float() / 255)
+        return {"score": float((logits.argmax(1) == data.y).float().mean())}
+
+    return validate
+
+
+CONFIG = TrainConfig(epochs=4, batch_size=16, lr=0.05, warmup_epochs=1, amp=False, seed=3, deterministic=True)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    peak, total, warm = 0.1, 100, 10
+    lrs = [learning_rate(s, total, warm, peak) for s in range(total)]
+    assert lrs[0] == pytest.approx(peak / warm) and lrs[warm - 1] == pytest.approx(peak)
+    assert all(a <= b for a, b in zip(lrs[:warm], lrs[1:warm]))
+    assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1 :]))
+    mid = warm + (total - warm) // 2
+    assert lrs[mid] == pytest.approx(peak / 2, rel=0.05)
+    assert learning_rate(total, total, warm, peak, floor=0.1) == pytest.approx(0.01)
+
+
+def test_training_learns_the_toy_task(tmp_path):
+    data, val = toy_data(), toy_data(seed=1)
+    method = make_method()
+    result = fit(
+        method, data, TrainConfig(epochs=8, batch_size=16, lr=0.1, amp=False), tmp_path, validator(val), progress=False
+    )
+    assert result.best_score >= 0.9  # chance is 1/3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    data, val = toy_data(), toy_data(seed=1)
+    straight = make_method()
+    fit(straight, data, CONFIG, tmp_path / "straight", validator(val), progress=False)
+    last = load_checkpoint(tmp_path / "straight" / "last.pt")  # loads with weights_only=True
+
+    class Interrupted(Exception):
+        pass
+
+    calls = {"n": 0}
+    interrupted = make_method()
+    original = interrupted.forward
+
+    def forward_then_crash(x, y, rows, generator):
+        calls["n"] += 1
+        if calls["n"] == 2 * (len(data) // 16) + 3:  # in the middle of the third epoch
+            raise Interrupted
+        return original(x, y, rows, generator)
+
+    interrupted.forward = forward_then_crash
+    with pytest.raises(Interrupted):
+        fit(interrupted, data, CONFIG, tmp_path / "resumed", validator(val), progress=False)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1  # two epochs were saved
+
+    resumed = make_method(seed=99)  # other initial weights: everything must come from the checkpoint
+    result = fit(resumed, data, CONFIG, tmp_path / "resumed", validator(val), progress=False)
+    assert result.resumed_from_epoch == 1 and result.epochs_run == CONFIG.epochs
+    final = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for name, tensor in last["model"].items():
+        assert torch.equal(tensor, final["model"][name]), name
+    assert [h["train_loss"] for h in final["history"]] == [h["train_loss"] for h in last["history"]]
+
+
+def test_early_stopping_and_best_epoch(tmp_path):
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.6, 0.9])
+    result = fit(
+        make_method(),
+        toy_data(),
+        TrainConfig(epochs=6, batch_size=32, patience=2, amp=False),
+        tmp_path,
+        lambda m: {"score": next(scores)},
+        progress=False,
+    )
+    assert result.epochs_run == 4 and result.best_epoch == 1 and "early stop" in result.stop_reason
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    method = make_method()
+    method.forward = lambda x, y, rows, g: (torch.tensor(math.nan, requires_grad=True), {})
+    with pytest.raises(FloatingPointError, match="epoch 1"):
+        fit(method, toy_data(), TrainConfig(epochs=1, batch_size=32, amp=False), None, progress=False)
+
+
+def test_class_weights_are_balanced():
+    y = torch.tensor([0, 0, 0, 1, 2, 2])
+    w = class_weights(y, 4)
+    assert torch.allclose(w, torch.tensor([6 / 12, 6 / 4, 6 / 8, 0.0]))

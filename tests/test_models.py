@@ -1,0 +1,151 @@
+"""Backbones for 48-px faces: shapes for every backbone and channel count, the first-conv adaptation, offline weights."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from utils.models import BACKBONES, PretrainedWeightsUnavailable, adapt_first_conv, create_model
+
+LARGE = ("resnet50", "wide_resnet50_2")  # slow to build: tested with one input channel only
+
+CASES = [(name, c) for name in BACKBONES for c in (1, 2) if not (name in LARGE and c == 2)]
+
+
+@pytest.mark.parametrize(("name", "in_channels"), CASES)
+def test_every_backbone_maps_a_batch_to_logits(name, in_channels):
+    torch.manual_seed(0)
+    model = create_model(name, 7, in_channels, stem_stride=2).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, in_channels, 48, 48))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
+def test_without_classes_the_model_returns_features(name):
+    model = create_model(name, num_classes=0, in_channels=1, stem_stride=2).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, 48, 48))
+    assert out.shape == (2, model.feature_dim)
+    assert model.feature_dim == {"resnet18": 512, "efficientnet_b0": 1280}[name]
+
+
+def test_features_feed_the_head():
+    torch.manual_seed(0)
+    model = create_model("resnet18", 7, 2, stem_stride=2).eval()
+    x = torch.rand(2, 2, 48, 48)
+    with torch.no_grad():
+        features = model.features(x)
+        torch.testing.assert_close(model.head(features), model(x))
+    assert features.shape == (2, 512)
+
+
+def test_training_step_runs_on_small_input():
+    torch.manual_seed(0)
+    model = create_model("resnet18", 7, 1, stem_stride=2, dropout=0.2)
+    loss = nn.functional.cross_entropy(model(torch.rand(4, 1, 48, 48)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    first = next(p for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(first.grad).all()
+
+
+# ---------------------------------------------------------------------------------------- first conv
+
+
+@pytest.fixture
+def rgb_conv():
+    torch.manual_seed(1)
+    return nn.Conv2d(3, 8, kernel_size=7, stride=2, padding=3, bias=True)
+
+
+def test_one_channel_conv_sums_the_rgb_filters(rgb_conv):
+    grey_conv = adapt_first_conv(rgb_conv, 1)
+    assert grey_conv.weight.shape == (8, 1, 7, 7)
+    torch.testing.assert_close(grey_conv.weight, rgb_conv.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(grey_conv.bias, rgb_conv.bias)
+    assert grey_conv.stride == rgb_conv.stride
+
+    grey = torch.rand(2, 1, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(grey_conv(grey), rgb_conv(grey.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-5)
+
+
+def test_heatmap_channel_starts_at_zero(rgb_conv):
+    conv = adapt_first_conv(rgb_conv, 2)
+    assert conv.weight.shape == (8, 2, 7, 7)
+    assert torch.all(conv.weight[:, 1] == 0)
+    grey, heat = torch.rand(2, 1, 20, 20), torch.rand(2, 1, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            conv(torch.cat([grey, heat], dim=1)), rgb_conv(grey.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_rgb_keeps_its_filters_and_rgb_plus_heatmap_adds_a_zero_channel(rgb_conv):
+    same = adapt_first_conv(rgb_conv, 3)
+    torch.testing.assert_close(same.weight, rgb_conv.weight)
+    four = adapt_first_conv(rgb_conv, 4)
+    torch.testing.assert_close(four.weight[:, :3], rgb_conv.weight)
+    assert torch.all(four.weight[:, 3] == 0)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(four(torch.cat([x, torch.rand(1, 1, 16, 16)], 1)), rgb_conv(x))
+
+
+def test_new_stride_keeps_the_filters_and_new_kernel_drops_them(rgb_conv):
+    stride1 = adapt_first_conv(rgb_conv, 1, stride=1)
+    assert stride1.stride == (1, 1)
+    torch.testing.assert_close(stride1.weight, rgb_conv.weight.sum(dim=1, keepdim=True))
+    assert stride1(torch.rand(1, 1, 16, 16)).shape[-2:] == (16, 16)  # "same" padding
+    small = adapt_first_conv(rgb_conv, 2, kernel=3)
+    assert small.weight.shape == (8, 2, 3, 3)
+
+
+# ------------------------------------------------------------------------------------- pretrained weights
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
+def test_offline_pretrained_request_names_the_url_and_the_folder(monkeypatch, tmp_path, name):
+    requested = []
+
+    def offline(url, *args, **kwargs):
+        requested.append(url)
+        raise urllib.error.URLError("no network in tests")
+
+    # torchvision's weights download through this name; patched, no test can reach the network
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        create_model(name, 7, 1, pretrained=True)
+    message = str(info.value)
+    assert requested == [url]
+    assert url in message
+    assert str(hub / "checkpoints") in message
+    assert url.rsplit("/", 1)[-1] in message
+    assert "pretrained=False" in message
+
+
+def test_connection_errors_from_the_builder_are_reported_too(monkeypatch, tmp_path):
+    def builder(weights=None, progress=True):
+        raise ConnectionResetError("connection reset")
+
+    monkeypatch.setattr(torchvision.models, "resnet18", builder)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    with pytest.raises(PretrainedWeightsUnavailable, match="resnet18"):
+        create_model("resnet18", pretrained=True)
+
+
+def test_unknown_backbone_or_stem_raises():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_model("resnet19")
+    with pytest.raises(ValueError, match="stem"):
+        create_model("resnet18", stem="tiny")

@@ -1,0 +1,304 @@
+"""Run folders and their records, the image-folder export, ImageFolder's label order, merged datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from utils import runs
+from utils.data.base import FaceDataset
+from utils.data.export import export_image_folders, imagefolder_to_canonical
+from utils.faces import FaceConfig, PreparedFaces, merge
+from utils.labels import EMOTIONS
+
+# ----------------------------------------------------------------------------------------------- runs
+
+VERSIONS = {"python": "3.x", "torch": "2.x"}
+
+
+@pytest.fixture(autouse=True)
+def fixed_versions(monkeypatch):
+    """Records carry library versions; collecting the real ones imports cv2 and dlib, slow for these tests."""
+    monkeypatch.setattr(runs, "versions", lambda: dict(VERSIONS))
+
+
+def test_run_dir_follows_the_config(tmp_path):
+    config = {"backbone": "resnet18", "lr": 0.1, "epochs": 30, "channels": "gray"}
+    a = runs.run_dir("supervised", config, root=tmp_path)
+    assert a.parent == tmp_path
+    assert a.name.startswith("supervised-")
+    assert runs.run_dir("supervised", dict(reversed(list(config.items()))), root=tmp_path) == a  # key order
+    assert runs.run_dir("supervised", dict(config), root=tmp_path) == a
+    assert runs.run_dir("supervised", {**config, "lr": 0.05}, root=tmp_path) != a
+    assert runs.run_dir("supervised", {**config, "seed": 1}, root=tmp_path) != a
+    assert runs.run_dir("moco", config, root=tmp_path) != a
+
+
+def test_records_round_trip(tmp_path):
+    folder = tmp_path / "supervised-0001"
+    record = {"method": "supervised", "config": {"backbone": "resnet18"}, "evaluations": {"linear": {}}}
+    path = runs.write_record(folder, record)
+    assert path == folder / runs.METRICS_FILE
+    assert sorted(p.name for p in folder.iterdir()) == [runs.METRICS_FILE]  # no temporary file left
+
+    found = runs.finished(folder)
+    assert found["status"] == "finished"
+    for key, value in record.items():
+        assert found[key] == value
+    assert found["versions"] == VERSIONS
+    assert {"machine", "written"} <= set(found)
+
+    runs.write_record(tmp_path / "moco-0002", {"method": "moco"})
+    loaded = runs.load_records(tmp_path)
+    assert [r["run_dir"] for r in loaded] == ["moco-0002", "supervised-0001"]
+    assert loaded[1]["config"] == {"backbone": "resnet18"}
+
+
+def test_unfinished_or_broken_records_are_not_finished(tmp_path):
+    running = tmp_path / "running"
+    runs.write_record(running, {"status": "running", "method": "supervised"})
+    assert json.loads((running / runs.METRICS_FILE).read_text())["status"] == "running"
+    assert runs.finished(running) is None
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / runs.METRICS_FILE).write_text('{"status": "finished", "method":')  # cut off mid-write
+    assert runs.finished(broken) is None
+
+    assert runs.finished(tmp_path / "empty") is None
+    runs.write_record(tmp_path / "done", {"method": "supervised"})
+    assert [r["run_dir"] for r in runs.load_records(tmp_path)] == ["done"]
+    assert runs.load_records(tmp_path / "nothing-here") == []
+
+
+def metrics(acc):
+    return {"accuracy": acc, "balanced_accuracy": acc - 0.05, "macro_f1": acc - 0.1, "n": 100}
+
+
+def test_summary_table_has_one_row_per_run_and_protocol(tmp_path):
+    runs.write_record(
+        tmp_path / "a",
+        {
+            "method": "supervised",
+            "dataset": {"name": "fer2013"},
+            "config": {"model": {"backbone": "resnet18", "channels": "gray"}},
+            "train_seconds": 600,
+            "evaluations": {
+                "plain": {"val": metrics(0.6), "test": metrics(0.61)},
+                "tencrop": {"val": metrics(0.63), "test": metrics(0.64)},
+            },
+        },
+    )
+    runs.write_record(
+        tmp_path / "b",
+        {"method": "moco", "evaluations": {"linear": {"test": metrics(0.5)}, "knn": {"val": metrics(0.45)}}},
+    )
+    records = runs.load_records(tmp_path)
+
+    val = runs.summary_table(records, "val")
+    assert isinstance(val, pd.DataFrame)
+    assert sorted(zip(val["run"], val["protocol"])) == [("a", "plain"), ("a", "tencrop"), ("b", "knn")]
+    row = val[(val["run"] == "a") & (val["protocol"] == "tencrop")].iloc[0]
+    assert row["accuracy"] == pytest.approx(0.63)
+    assert row["macro_f1"] == pytest.approx(0.53)
+    assert row["backbone"] == "resnet18" and row["dataset"] == "fer2013"
+    assert row["train_minutes"] == pytest.approx(10.0)
+
+    test = runs.summary_table(records, "test")
+    assert sorted(zip(test["run"], test["protocol"])) == [("a", "plain"), ("a", "tencrop"), ("b", "linear")]
+    assert len(runs.summary_table(records, "train")) == 0
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def toy_dataset(root: Path, n: int = 21, seed: int = 0) -> FaceDataset:
+    """FER2013-like: pixels in memory, all seven classes in train, some in test."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 7
+    splits = np.where(np.arange(n) < 14, "train", "test")
+    table = pd.DataFrame({"split": splits, "label": labels, "source": [f"row {i}" for i in range(n)]})
+    pixels = rng.integers(0, 256, (n, 10, 10), dtype=np.uint8)
+    return FaceDataset("toy", root, "csv", table, 7, pixels=pixels)
+
+
+def exported_images(folder: Path) -> dict[tuple[str, str], list[bytes]]:
+    """``{(split, class): sorted image bytes}`` of every PNG under ``folder``."""
+    out: dict[tuple[str, str], list[bytes]] = {}
+    for png in folder.glob("*/*/*.png"):
+        with Image.open(png) as im:
+            out.setdefault((png.parent.parent.name, png.parent.name), []).append(np.asarray(im).tobytes())
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def expected_images(dataset: FaceDataset) -> dict[tuple[str, str], list[bytes]]:
+    out: dict[tuple[str, str], list[bytes]] = {}
+    for i in range(len(dataset)):
+        key = (dataset.table.at[i, "split"], EMOTIONS[dataset.table.at[i, "label"]])
+        out.setdefault(key, []).append(dataset.pixels[i].tobytes())
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_export_writes_lossless_pngs_into_split_and_class_folders(tmp_path):
+    dataset = toy_dataset(tmp_path)
+    folder = export_image_folders(dataset, tmp_path / "export", progress=False)
+    assert folder == tmp_path / "export"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["test", "train"]
+    for split in ("train", "test"):
+        assert sorted(p.name for p in (folder / split).iterdir()) == sorted(EMOTIONS[:7])
+    with Image.open(next(folder.glob("train/angry/*.png"))) as im:
+        assert im.mode == "L" and im.size == (10, 10)
+    assert exported_images(folder) == expected_images(dataset)
+    assert len(list(folder.rglob("*.png"))) == len(dataset)
+    assert any(p.name.startswith(".") for p in folder.iterdir())  # the completion marker
+    assert not (tmp_path / "export.partial").exists()
+
+
+def test_a_complete_export_is_kept(tmp_path, monkeypatch):
+    dataset = toy_dataset(tmp_path)
+    folder = export_image_folders(dataset, tmp_path / "export", progress=False)
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")}
+
+    def no_writes(self, *args, **kwargs):
+        raise AssertionError("a complete export was rewritten")
+
+    monkeypatch.setattr(Image.Image, "save", no_writes)
+    assert export_image_folders(dataset, folder, progress=False) == folder
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.png")} == before
+
+
+def failing_save_after(monkeypatch, allowed: int):
+    real_save = Image.Image.save
+    calls = {"n": 0}
+
+    def save(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > allowed:
+            raise OSError("No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def test_an_interrupted_export_leaves_only_the_partial_folder_which_is_redone(tmp_path, monkeypatch):
+    dataset = toy_dataset(tmp_path)
+    folder = tmp_path / "export"
+    partial = tmp_path / "export.partial"
+    failing_save_after(monkeypatch, allowed=4)
+    with pytest.raises(OSError, match="No space"):
+        export_image_folders(dataset, folder, progress=False)
+    assert not folder.exists()
+    assert partial.is_dir()
+    assert len(list(partial.rglob("*.png"))) == 4
+
+    monkeypatch.undo()
+    assert export_image_folders(dataset, folder, progress=False) == folder
+    assert not partial.exists()
+    assert exported_images(folder) == expected_images(dataset)
+
+
+def test_a_failed_overwrite_keeps_the_previous_complete_export(tmp_path, monkeypatch):
+    old = toy_dataset(tmp_path, seed=0)
+    folder = export_image_folders(old, tmp_path / "export", progress=False)
+    failing_save_after(monkeypatch, allowed=2)
+    with pytest.raises(OSError):
+        export_image_folders(toy_dataset(tmp_path, seed=1), folder, overwrite=True, progress=False)
+    assert exported_images(folder) == expected_images(old)
+
+    monkeypatch.undo()
+    new = toy_dataset(tmp_path, seed=1)
+    export_image_folders(new, folder, overwrite=True, progress=False)
+    assert exported_images(folder) == expected_images(new)
+    assert not (tmp_path / "export.partial").exists()
+
+
+def test_imagefolder_order_maps_to_canonical_ids():
+    alphabetical = sorted(["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"])
+    mapping = imagefolder_to_canonical(alphabetical)
+    assert mapping == {0: 0, 1: 1, 2: 2, 3: 3, 4: 6, 5: 4, 6: 5}
+    assert [EMOTIONS[mapping[i]] for i in range(7)] == alphabetical
+    assert imagefolder_to_canonical(["Contempt", "Happiness"]) == {0: 7, 1: 3}
+    with pytest.raises(ValueError, match="cats"):
+        imagefolder_to_canonical(["angry", "cats"])
+
+
+def test_torchvision_imagefolder_on_an_export_gets_the_labels_back(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    dataset = toy_dataset(tmp_path)
+    folder = export_image_folders(dataset, tmp_path / "export", progress=False)
+    images = ImageFolder(str(folder / "train"))
+    mapping = imagefolder_to_canonical(images.classes)
+    got = sorted(
+        (mapping[target], np.asarray(images.loader(path).convert("L")).tobytes()) for path, target in images.samples
+    )
+    train = dataset.split_indices("train")
+    want = sorted((int(dataset.labels[i]), dataset.pixels[i].tobytes()) for i in train)
+    assert got == want
+
+
+# ---------------------------------------------------------------------------------------------- merge
+
+
+def prepared(name, labels, splits, size=8, seed=0) -> PreparedFaces:
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    num_classes = 8 if max(labels) == 7 else 7
+    return PreparedFaces(
+        name=name,
+        classes=EMOTIONS[:num_classes],
+        images=rng.integers(0, 256, (n, size, size), dtype=np.uint8),
+        landmarks=np.full((n, 68, 2), np.nan, dtype=np.float32),
+        heatmaps=rng.integers(0, 256, (n, size, size), dtype=np.uint8),
+        labels=np.asarray(labels, dtype=np.int64),
+        splits=np.asarray(splits),
+        face_found=np.zeros(n, dtype=bool),
+        rows=np.arange(n),
+        sources=np.full(n, name),
+        config=FaceConfig(detector="none", landmarks=False, size=size),
+    )
+
+
+def test_merge_adds_extra_images_to_train_and_drops_contempt():
+    base = prepared("fer2013", [0, 1, 2, 3, 4, 5, 6, 3], ["train"] * 4 + ["val"] * 2 + ["test"] * 2)
+    extra = prepared("ckplus", [3, 7, 6, 7, 0], ["all", "all", "all", "train", "test"], seed=1)
+    merged = merge(base, extra)
+
+    assert merged.name == "fer2013+ckplus"
+    assert merged.classes == EMOTIONS[:7]
+    assert 7 not in merged.labels
+    for split in ("val", "test"):  # base's evaluation splits, untouched
+        rows = merged.split_indices(split)
+        np.testing.assert_array_equal(merged.images[rows], base.images[base.split_indices(split)])
+        np.testing.assert_array_equal(merged.labels[rows], base.labels[base.split_indices(split)])
+        assert set(merged.sources[rows]) == {"fer2013"}
+
+    added = np.flatnonzero(merged.sources == "ckplus")
+    kept = np.flatnonzero(extra.labels < 7)
+    assert len(merged) == len(base) + len(kept)
+    assert set(merged.splits[added]) == {"train"}  # whatever their own split
+    np.testing.assert_array_equal(merged.images[added], extra.images[kept])
+    np.testing.assert_array_equal(merged.heatmaps[added], extra.heatmaps[kept])
+    np.testing.assert_array_equal(merged.labels[added], extra.labels[kept])
+    np.testing.assert_array_equal(merged.rows[added], extra.rows[kept])
+    assert len(merged.split_indices("train")) == 4 + len(kept)
+
+
+def test_merge_can_keep_contempt_as_an_eighth_class():
+    base = prepared("fer2013", [0, 1, 2, 3, 4, 5, 6], ["train"] * 5 + ["val", "test"])
+    extra = prepared("ckplus", [7, 7, 3], ["all"] * 3, seed=1)
+    merged = merge(base, extra, drop_extra_classes=False)
+    assert merged.num_classes == 8
+    assert int((merged.labels == 7).sum()) == 2
+
+
+def test_merge_refuses_images_of_different_sizes():
+    base = prepared("fer2013", [0, 1], ["train", "val"], size=8)
+    extra = prepared("rafdb", [0, 1], ["train", "test"], size=12)
+    with pytest.raises(ValueError, match="shapes"):
+        merge(base, extra)

@@ -1,0 +1,157 @@
+"""MoCo under ``torchrun`` with two CPU processes (gloo): a shared queue in rank order, and DDP training.
+
+One ``torchrun`` launch runs a worker script (written into ``tmp_path``) that checks, in each process:
+
+- :func:`utils.distributed.gather` concatenates in rank order;
+- one MoCo forward on rank-specific data (same seeded initial weights) enqueues the keys of both processes,
+  rank 0's batch first, so that both processes hold the same queue;
+- :func:`utils.engine.fit` for a few steps under DistributedDataParallel ends with the same weights on both
+  ranks.
+
+Each rank saves what it saw; the test compares them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = r"""
+import sys
+
+import torch
+
+from utils import distributed as dist_utils
+from utils.engine import TrainConfig, fit
+from utils.loader import FaceTensors
+from utils.ssl import SSLConfig, build_method
+
+out = sys.argv[1]
+assert dist_utils.init_from_env("cpu"), "not launched by torchrun?"
+rank, world = dist_utils.rank(), dist_utils.world_size()
+config = SSLConfig(backbone="resnet18", stem_stride=4, queue_size=32, hidden=32, dim=8, key_bn_splits=2)
+batch = 8
+
+gathered = dist_utils.gather(torch.arange(3) + 10 * rank)
+
+torch.manual_seed(0)  # the same initial weights (and initial queue) in every process
+method = build_method(config, 1, 1)
+initial = {name: p.detach().clone() for name, p in method.encoder_q.named_parameters()}
+seen = {}
+encode_keys = method.keys
+
+
+def keys(x, generator):
+    seen["keys"] = encode_keys(x, generator)
+    return seen["keys"]
+
+
+method.keys = keys
+x = torch.rand(batch, 1, 48, 48, generator=torch.Generator().manual_seed(100 + rank))  # different data per rank
+rows = torch.arange(batch) + rank * batch
+loss, _ = method(x, None, rows, torch.Generator().manual_seed(rank))
+loss.backward()
+
+# DDP training: each process takes its half of every global batch, gradients are averaged
+torch.manual_seed(0)
+trained = build_method(config, 1, 1)
+images = torch.randint(0, 256, (96, 1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+data = FaceTensors(images, torch.zeros(96, dtype=torch.long))
+trained.check_sizes(len(data), batch * world)
+result = fit(trained, data, TrainConfig(epochs=1, batch_size=batch, lr=0.05, amp=False), None, progress=False,
+             steps_per_epoch=3)
+
+torch.save(
+    {
+        "world": world,
+        "gathered": gathered,
+        "initial": initial,
+        "keys": seen["keys"],
+        "rows": rows,
+        "loss": loss.detach(),
+        "queue": method.queue,
+        "queue_rows": method.queue_rows,
+        "queue_ptr": method.queue_ptr,
+        "trained_params": {name: p.detach() for name, p in trained.named_parameters()},
+        "trained_queue": trained.queue,
+        "trained_queue_rows": trained.queue_rows,
+        "history": result.history,
+    },
+    f"{out}/rank{rank}.pt",
+)
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    script = folder / "worker.py"
+    script.write_text(WORKER)
+    port = free_port()
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(folder),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_gather_concatenates_in_rank_order(ranks):
+    for r in ranks:
+        assert r["world"] == 2
+        assert r["gathered"].tolist() == [0, 1, 2, 10, 11, 12]
+
+
+@pytest.mark.slow
+def test_both_processes_hold_the_same_queue_in_rank_order(ranks):
+    zero, one = ranks
+    for name, p in zero["initial"].items():  # same seeded initial weights
+        assert torch.equal(p, one["initial"][name]), name
+    assert not torch.allclose(zero["keys"], one["keys"])  # different data, different keys
+    assert not torch.isclose(zero["loss"], one["loss"])
+    assert torch.equal(zero["queue"], one["queue"])
+    assert torch.equal(zero["queue_rows"], one["queue_rows"])
+    batch = len(zero["keys"])
+    assert int(zero["queue_ptr"]) == int(one["queue_ptr"]) == 2 * batch
+    assert zero["queue_rows"][: 2 * batch].tolist() == list(range(2 * batch))  # rank 0's rows, then rank 1's
+    assert torch.equal(zero["queue"][:batch], zero["keys"])
+    assert torch.equal(zero["queue"][batch : 2 * batch], one["keys"])
+    assert (zero["queue_rows"][2 * batch :] == -1).all()
+
+
+@pytest.mark.slow
+def test_ddp_training_keeps_the_processes_in_step(ranks):
+    zero, one = ranks
+    assert len(zero["history"]) == len(one["history"]) == 1
+    for name, p in zero["trained_params"].items():
+        assert torch.equal(p, one["trained_params"][name]), name  # query and key encoders, heads, predictor
+    trained = zero["trained_params"]
+    assert any(not torch.equal(trained[f"encoder_q.{name}"], p) for name, p in zero["initial"].items())  # it trained
+    assert torch.equal(zero["trained_queue"], one["trained_queue"])
+    assert torch.equal(zero["trained_queue_rows"], one["trained_queue_rows"])
+    rows = zero["trained_queue_rows"]
+    assert (rows >= 0).all()  # 3 global batches of 16 keys went through a queue of 32
+    assert len(set(rows.tolist())) == len(rows)  # one pass over the data: no image twice

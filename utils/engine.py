@@ -1,0 +1,383 @@
+"""The one training loop of the suite: every method (supervised, MoCo v2, HNCL, ...) is trained by :func:`fit`.
+
+A method is an ``nn.Module`` whose ``forward(x, y, rows, generator)`` returns ``(loss, logs)`` for one batch
+(it augments the batch itself, once or twice), plus an optional :meth:`Method.after_step` hook (momentum
+encoders). :func:`fit` does the rest:
+
+- SGD with Nesterov momentum or AdamW; linear warm-up then cosine decay, set per step;
+- mixed precision: float16 with a gradient scaler on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX;
+- a validation call after each epoch whose ``score`` selects the best epoch (validation split only,
+  never test) and drives early stopping;
+- per epoch: an atomically written checkpoint ``last.pt`` (model, optimizer, scaler, step, epoch, random
+  states, history), ``best.pt`` when the score improves, and a row in ``log.csv``;
+- resume: a run whose ``last.pt`` exists continues after its last finished epoch and ends with the same
+  weights as an uninterrupted run (the batch order and augmentations of an epoch come from a generator
+  seeded by the seed and the epoch);
+- several processes under ``torchrun``: each takes its share of every batch, gradients are averaged.
+
+Checkpoints hold only tensors and plain Python values and are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed as dist_utils
+from .loader import BatchLoader, FaceTensors, epoch_generator
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every method.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per step (per process under torchrun).
+        optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``.
+        lr: peak learning rate, reached after warm-up.
+        momentum: SGD momentum (AdamW's beta1).
+        weight_decay: L2 penalty (decoupled for AdamW); not applied to biases and norm layers.
+        warmup_epochs: linear warm-up length, in epochs (may be fractional).
+        min_lr: learning rate at the end of the cosine, as a share of ``lr``.
+        balance: ``"none"``, ``"weights"`` (class-weighted loss) or ``"sampler"`` (class-balanced batches).
+        patience: stop after this many epochs without a better validation score (None: never).
+        amp: mixed precision where the device supports it.
+        seed: seeds the initial weights, batch order and augmentation.
+        deterministic: ask PyTorch for deterministic kernels (slower; used by the resume test).
+        max_minutes: stop after the epoch that exceeds this training time (None: no limit).
+        grad_clip: clip the gradient norm to this value (None: no clipping).
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    min_lr: float = 0.0
+    balance: str = "none"
+    patience: int | None = None
+    amp: bool = True
+    seed: int = 0
+    deterministic: bool = False
+    max_minutes: float | None = None
+    grad_clip: float | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+        if self.balance not in ("none", "weights", "sampler"):
+            raise ValueError(f"balance must be 'none', 'weights' or 'sampler', not {self.balance!r}")
+
+
+class Method(nn.Module):
+    """Base class of everything :func:`fit` trains.
+
+    Subclasses implement :meth:`forward` (one training step's loss) and :meth:`embed` (features for the
+    kNN monitor and probes); they may override :meth:`after_step`.
+    """
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, generator: torch.Generator
+    ):  # pragma: no cover
+        """Loss of one batch: ``x`` ``(B, C, H, W)`` float in [0, 1], labels ``y`` (unused by SSL), ``rows``
+        the images' positions in the training split (HNCL looks up their neighbours), ``generator`` for the
+        augmentation.
+
+        Returns:
+            ``(loss, logs)``: a scalar tensor and a dict of floats to average over the epoch.
+        """
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Called after every optimizer step with the share of training done (0..1)."""
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``device``: float16 on CUDA, bfloat16 on capable CPUs, else None (float32)."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu":
+        capable = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return torch.bfloat16 if capable else None
+    return None
+
+
+def learning_rate(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``peak * floor``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters (1-d tensors)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``n / (C * n_c)`` per class (scikit-learn's "balanced"); classes absent from ``labels`` get 0."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    weights = len(labels) / (num_classes * counts.clamp(min=1))
+    return torch.where(counts > 0, weights, torch.zeros_like(weights))
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (global state, saved for resume)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did. ``history`` has one dict per epoch (the rows of ``log.csv``)."""
+
+    run_dir: Path | None
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    epochs_run: int = 0
+    train_seconds: float = 0.0
+    stop_reason: str = ""
+    resumed_from_epoch: int | None = None
+
+
+def fit(
+    method: Method,
+    train: FaceTensors,
+    config: TrainConfig,
+    run_dir=None,
+    validate: Callable[[Method], dict] | None = None,
+    progress: bool = True,
+    steps_per_epoch: int | None = None,
+) -> FitResult:
+    """Train ``method`` on ``train`` (see the module docstring).
+
+    Args:
+        method: the :class:`Method`, already on the training device (``train``'s device).
+        train: the training split as tensors.
+        config: optimisation settings.
+        run_dir: where checkpoints and the log go (None: keep nothing, no resume).
+        validate: called after each epoch with the method in eval mode; returns a dict of floats whose
+            ``score`` (higher is better) selects the best epoch. None: the last epoch is the best.
+        progress: show progress bars.
+        steps_per_epoch: cap on optimizer steps per epoch (quick runs).
+
+    Returns:
+        A :class:`FitResult`. The method's weights are those of the best epoch.
+    """
+    device = train.x.device
+    run_dir = Path(run_dir) if run_dir is not None else None
+    main = dist_utils.is_main()
+    if run_dir is not None and main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    loader = BatchLoader(
+        train,
+        config.batch_size * dist_utils.world_size(),
+        shuffle=True,
+        balanced=config.balance == "sampler",
+        drop_last=len(train) >= config.batch_size * dist_utils.world_size() * 2,
+        seed=config.seed,
+    )
+    steps = min(len(loader), steps_per_epoch or len(loader))
+    total_steps = steps * config.epochs
+    warmup = int(round(config.warmup_epochs * steps))
+    optimizer = make_optimizer(method.parameters(), config)
+    dtype = amp_dtype(device, config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    model = method
+    if dist_utils.is_distributed():
+        model = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    result = FitResult(run_dir)
+    start_epoch, step = 0, 0
+    last = run_dir / "last.pt" if run_dir is not None else None
+    if last is not None and last.is_file():
+        state = load_checkpoint(last, map_location=device)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        result.history = list(state["history"])
+        result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+        result.train_seconds = state["train_seconds"]
+        result.resumed_from_epoch = state["epoch"]
+        if main and progress:
+            print(f"resuming {run_dir.name} after epoch {state['epoch'] + 1}/{config.epochs}")
+
+    from tqdm.auto import tqdm
+
+    since_best = (start_epoch - 1 - result.best_epoch) if result.best_epoch >= 0 else 0
+    epochs_bar = tqdm(
+        range(start_epoch, config.epochs),
+        desc=run_dir.name if run_dir else "training",
+        unit="epoch",
+        disable=not (progress and main),
+        initial=start_epoch,
+        total=config.epochs,
+    )
+    result.stop_reason = "epochs done"
+    for epoch in epochs_bar:
+        tic = time.perf_counter()
+        method.train()
+        loader.set_epoch(epoch)
+        # one generator per epoch and process for the augmentation, independent of the batch order
+        augment_gen = epoch_generator(config.seed + 7919 * (dist_utils.rank() + 1), epoch, device)
+        sums: dict[str, float] = {}
+        batches = tqdm(loader, total=steps, leave=False, desc=f"epoch {epoch + 1}", disable=not (progress and main))
+        for b, (x, y, rows) in enumerate(batches):
+            if b >= steps:
+                break
+            share = len(x) // dist_utils.world_size()  # under torchrun each process takes its share
+            mine = slice(dist_utils.rank() * share, (dist_utils.rank() + 1) * share)
+            x, y, rows = x[mine], y[mine], rows[mine]
+            lr = learning_rate(step, total_steps, warmup, config.lr, config.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, logs = model(x, y, rows, augment_gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {b + 1}; lower the lr?")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            method.after_step(step / total_steps)
+            logs = {"loss": loss.item(), **logs}
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if b % 10 == 0:
+                batches.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.3g}")
+        train_time = time.perf_counter() - tic
+        result.train_seconds += train_time
+        row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / max(1, b + 1) for k, v in sums.items()}}
+        method.eval()
+        scores = validate(method) if validate is not None else {"score": float(epoch)}
+        row.update({f"val_{k}": float(v) for k, v in scores.items()})
+        row["seconds"] = round(train_time, 2)
+        result.history.append(row)
+        improved = scores["score"] > result.best_score
+        if improved:
+            result.best_score, result.best_epoch = float(scores["score"]), epoch
+            since_best = 0
+        else:
+            since_best += 1
+        if main and run_dir is not None:
+            if improved:
+                save_atomic(
+                    {"model": method.state_dict(), "epoch": epoch, "score": result.best_score}, run_dir / "best.pt"
+                )
+            save_atomic(
+                {
+                    "model": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_score": result.best_score,
+                    "train_seconds": result.train_seconds,
+                    "rng": _rng_state(),
+                },
+                last,
+            )
+            _write_log(run_dir / "log.csv", result.history)
+        dist_utils.barrier()
+        epochs_bar.set_postfix({k: f"{v:.4f}" for k, v in scores.items()})
+        if config.patience is not None and since_best >= config.patience:
+            result.stop_reason = f"early stop: no better validation score for {config.patience} epochs"
+            break
+        if config.max_minutes is not None and result.train_seconds >= 60 * config.max_minutes:
+            result.stop_reason = f"time budget of {config.max_minutes} min reached"
+            break
+    epochs_bar.close()
+    result.epochs_run = len(result.history)
+    if run_dir is not None and (run_dir / "best.pt").is_file():
+        method.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
+    method.eval()
+    return result
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def config_dict(**configs) -> dict:
+    """Dataclass configs (or dicts) as one nested plain dict (``{name: fields}``), for hashing and records."""
+    out = {name: asdict(c) if hasattr(c, "__dataclass_fields__") else c for name, c in configs.items()}
+    return json.loads(json.dumps(out, default=str))

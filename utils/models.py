@@ -1,0 +1,158 @@
+"""Backbones from torchvision, adapted to face crops: any number of input channels, a small-image stem.
+
+>>> net = create_model("resnet18", num_classes=7, in_channels=2)   # grey + heatmap, 48x48
+>>> net(torch.zeros(4, 2, 48, 48)).shape
+torch.Size([4, 7])
+
+The standard ImageNet stems (a 7x7 stride-2 convolution and a max-pool for ResNets) shrink a 48x48 face
+to 12x12 before the first block; the ``small`` stem used below 112 px replaces them by a 3x3 convolution
+of stride ``stem_stride`` without max-pool (as CIFAR ResNets and solo-learn do for small images).
+``stem_stride=2`` costs a quarter of ``stem_stride=1`` and is what the CPU-budget runs use.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+
+import torch
+import torchvision
+from torch import nn
+
+BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2", "vgg19_bn", "efficientnet_b0")
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but could not be downloaded (offline machine)."""
+
+
+class FERNet(nn.Module):
+    """A backbone that maps images to a feature vector, and a linear head on top.
+
+    Attributes:
+        backbone: ``(N, C, H, W) -> (N, feature_dim)``.
+        head: dropout + linear layer to ``num_classes`` logits (identity when ``num_classes`` is 0).
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = (
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes)) if num_classes else nn.Identity()
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def _imagenet_weights(name: str):
+    return torchvision.models.get_model_weights(name).DEFAULT
+
+
+def _build(name: str, pretrained: bool) -> nn.Module:
+    builder = getattr(torchvision.models, name)
+    if not pretrained:
+        return builder(weights=None)
+    weights = _imagenet_weights(name)
+    try:
+        return builder(weights=weights, progress=False)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        folder = torch.hub.get_dir() + "/checkpoints"
+        file = weights.url.rsplit("/", 1)[-1]
+        raise PretrainedWeightsUnavailable(
+            f"ImageNet weights for {name} could not be downloaded ({type(e).__name__}: {e}). "
+            f"On an offline machine, fetch {weights.url} elsewhere and put it at {folder}/{file}, "
+            "or use pretrained=False."
+        ) from None
+
+
+def adapt_first_conv(
+    conv: nn.Conv2d, in_channels: int, stride: int | None = None, kernel: int | None = None
+) -> nn.Conv2d:
+    """A copy of ``conv`` for ``in_channels`` inputs (and optionally another stride or kernel size).
+
+    Pretrained RGB filters become one grey filter (their sum: a grey image repeated three times gives the
+    same response), and any further channel (the heatmap) starts at zero, so the adapted network first
+    behaves exactly as the pretrained one on the grey image. A new kernel size drops the weights.
+    """
+    kernel = kernel or conv.kernel_size[0]
+    stride = stride or conv.stride[0]
+    new = nn.Conv2d(in_channels, conv.out_channels, kernel, stride, kernel // 2, bias=conv.bias is not None)
+    if kernel == conv.kernel_size[0]:
+        with torch.no_grad():
+            w = conv.weight  # (out, 3, k, k)
+            if in_channels == w.shape[1]:
+                new.weight.copy_(w)
+            else:
+                new.weight.zero_()
+                grey = w.sum(dim=1) if w.shape[1] == 3 else w[:, 0]
+                new.weight[:, 0] = grey
+                if in_channels >= 3 and w.shape[1] == 3:
+                    new.weight[:, :3] = w
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+    return new
+
+
+def create_model(
+    name: str,
+    num_classes: int = 7,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    input_size: int = 48,
+    stem: str | None = None,
+    stem_stride: int = 1,
+    dropout: float = 0.0,
+) -> FERNet:
+    """A torchvision backbone adapted to FER input, with a linear head.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        num_classes: logits of the head; 0 for a feature extractor only.
+        in_channels: 1 grey, 2 grey + heatmap, 3 RGB.
+        pretrained: start from torchvision's ImageNet weights (downloads them once; raises
+            :class:`PretrainedWeightsUnavailable` with instructions when offline).
+        input_size: image side; decides the default stem.
+        stem: ``"small"`` (3x3 convolution, no max-pool) or ``"imagenet"`` (the standard stem); default
+            small below 112 px. With pretrained ResNets the small stem keeps the pretrained 7x7 filters.
+        stem_stride: stride of the small stem (1: full resolution; 2: a quarter of the cost).
+        dropout: dropout before the head.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    stem = stem or ("small" if input_size < 112 else "imagenet")
+    if stem not in ("small", "imagenet"):
+        raise ValueError(f"stem must be 'small' or 'imagenet', not {stem!r}")
+    small = stem == "small"
+    net = _build(name, pretrained)
+
+    if name.startswith(("resnet", "wide_resnet")):
+        kernel = 7 if pretrained else (3 if small else 7)
+        net.conv1 = adapt_first_conv(net.conv1, in_channels, stride=stem_stride if small else 2, kernel=kernel)
+        if small:
+            net.maxpool = nn.Identity()
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        backbone = net
+    elif name == "vgg19_bn":
+        layers = list(net.features)
+        layers[0] = adapt_first_conv(layers[0], in_channels)
+        if small:  # five max-pools shrink 48 px to 1; dropping the last keeps a 3x3 map
+            layers = layers[:-1]
+            if stem_stride > 1:
+                layers[0] = adapt_first_conv(layers[0], in_channels, stride=stem_stride)
+        backbone = nn.Sequential(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        dim = 512
+    else:  # efficientnet_b0
+        first = net.features[0][0]
+        net.features[0][0] = adapt_first_conv(first, in_channels, stride=stem_stride if small else 2)
+        backbone = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        dim = net.classifier[1].in_features
+    return FERNet(backbone, dim, num_classes, dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

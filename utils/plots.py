@@ -1,0 +1,228 @@
+"""Figures the notebooks show. Each function draws on a new matplotlib figure and returns it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def face_grid(
+    prepared, per_class: int = 4, seed: int = 0, split: str | None = None, show=("landmarks", "heatmap", "centre")
+):
+    """Faces per class (rows), each with its landmarks and, beside it, its heatmap channels.
+
+    Args:
+        prepared: a :class:`~utils.faces.PreparedFaces`.
+        per_class: faces shown per class.
+        show: what to draw per face besides the image: ``landmarks`` (points on the face), ``heatmap``
+            (the landmark heatmap), ``centre`` (the seed's centred heatmap, the same for every face).
+    """
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    rows = np.arange(len(prepared)) if split is None else prepared.split_indices(split)
+    panels = 1 + ("heatmap" in show) + ("centre" in show)
+    classes = [k for k in range(prepared.num_classes) if (prepared.labels[rows] == k).any()]
+    fig, axes = plt.subplots(
+        len(classes), per_class * panels, figsize=(1.1 * per_class * panels, 1.25 * len(classes)), squeeze=False
+    )
+    centre = prepared.heatmap("centre")[0]
+    for r, k in enumerate(classes):
+        candidates = rows[prepared.labels[rows] == k]
+        chosen = rng.choice(candidates, size=min(per_class, len(candidates)), replace=False)
+        for c in range(per_class):
+            for j in range(panels):
+                axes[r, c * panels + j].axis("off")
+            if c >= len(chosen):
+                continue
+            i = chosen[c]
+            ax = axes[r, c * panels]
+            ax.imshow(prepared.images[i], cmap="gray", vmin=0, vmax=255)
+            if "landmarks" in show and np.isfinite(prepared.landmarks[i]).all():
+                color = "lime" if prepared.face_found[i] else "orange"
+                ax.scatter(*prepared.landmarks[i].T, s=1.5, c=color, linewidths=0)
+            if c == 0:
+                ax.set_title(prepared.classes[k], fontsize=8, loc="left")
+            j = 1
+            if "heatmap" in show:
+                axes[r, c * panels + j].imshow(prepared.heatmaps[i], cmap="magma", vmin=0, vmax=255)
+                j += 1
+            if "centre" in show:
+                axes[r, c * panels + j].imshow(centre, cmap="magma", vmin=0, vmax=255)
+    fig.suptitle(
+        "face | landmark heatmap | centred heatmap (identical for every face)\n"
+        "landmarks: green = face detected, orange = not detected (predicted in the default box)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def mean_heatmaps(prepared, split: str | None = "train"):
+    """Per class: the mean landmark heatmap (top) and its difference from the all-class mean (bottom).
+
+    The differences show where expressions move landmarks on average: an open mouth for surprise and
+    fear, raised mouth corners for happiness, lowered brows for anger.
+    """
+    plt = _plt()
+    rows = np.arange(len(prepared)) if split is None else prepared.split_indices(split)
+    heat = prepared.heatmaps[rows].astype(np.float32) / 255
+    labels = prepared.labels[rows]
+    classes = [k for k in range(prepared.num_classes) if (labels == k).any()]
+    overall = heat.mean(axis=0)
+    means = [heat[labels == k].mean(axis=0) for k in classes]
+    limit = max(float(np.abs(m - overall).max()) for m in means) or 1.0
+    fig, axes = plt.subplots(2, len(classes), figsize=(1.4 * len(classes), 3.1), squeeze=False)
+    for j, (k, m) in enumerate(zip(classes, means)):
+        axes[0, j].imshow(m, cmap="magma", vmin=0, vmax=1)
+        axes[0, j].set_title(f"{prepared.classes[k]}\n({int((labels == k).sum())})", fontsize=8)
+        axes[1, j].imshow(m - overall, cmap="coolwarm", vmin=-limit, vmax=limit)
+        axes[0, j].axis("off")
+        axes[1, j].axis("off")
+    axes[0, 0].text(-4, prepared.images.shape[1] / 2, "mean", rotation=90, va="center", ha="right", fontsize=8)
+    axes[1, 0].text(-4, prepared.images.shape[1] / 2, "minus all", rotation=90, va="center", ha="right", fontsize=8)
+    fig.suptitle("landmark heatmaps per expression: mean, and difference from the mean of all (red = more)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def class_distribution(counts: dict, title: str = "images per class and split"):
+    """Bar chart of ``{split: {class: count}}`` (what :meth:`FaceDataset.counts` returns)."""
+    plt = _plt()
+    splits = list(counts)
+    classes = list(next(iter(counts.values())))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    width = 0.8 / len(splits)
+    x = np.arange(len(classes))
+    for s, split in enumerate(splits):
+        values = [counts[split][c] for c in classes]
+        total = max(1, sum(values))
+        bars = ax.bar(x + s * width, values, width, label=f"{split} ({total})")
+        for bar, v in zip(bars, values):
+            ax.annotate(
+                f"{100 * v / total:.0f}%", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=6
+            )
+    ax.set_xticks(x + width * (len(splits) - 1) / 2, classes)
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: list[dict], title: str = ""):
+    """Loss and validation score per epoch from a run's history (``log.csv`` rows)."""
+    plt = _plt()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for key in [k for k in history[0] if k.endswith("loss")]:
+        axes[0].plot(epochs, [h.get(key, np.nan) for h in history], label=key)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("loss")
+    axes[0].legend(fontsize=8)
+    for key in [k for k in history[0] if k.startswith(("val_", "train_acc")) and not k.endswith("loss")]:
+        if key == "val_score":
+            continue
+        axes[1].plot(epochs, [h.get(key, np.nan) for h in history], label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("accuracy")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(metrics: dict, title: str = "", normalised: bool = True, ax=None):
+    """Heatmap of a confusion matrix from :func:`~utils.evaluation.classification_metrics`."""
+    import seaborn as sns
+
+    plt = _plt()
+    matrix = np.array(metrics["confusion_normalised" if normalised else "confusion"])
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    sns.heatmap(
+        matrix,
+        annot=True,
+        fmt=".2f" if normalised else "d",
+        cmap="Blues",
+        xticklabels=metrics["classes"],
+        yticklabels=metrics["classes"],
+        cbar=False,
+        ax=ax,
+        annot_kws={"fontsize": 7},
+        vmin=0,
+        vmax=1 if normalised else None,
+    )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}", fontsize=9)
+    if fig is not None:
+        fig.tight_layout()
+    return fig or ax.figure
+
+
+def embedding_tsne(features, labels, classes, title: str = "", seed: int = 0, max_points: int = 3000):
+    """A 2-D t-SNE of ``features`` (first reduced to 50 dimensions by PCA), coloured by expression."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    plt = _plt()
+    features = np.asarray(features, dtype=np.float32)
+    labels = np.asarray(labels)
+    if len(features) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(features), max_points, replace=False))
+        features, labels = features[keep], labels[keep]
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    if features.shape[1] > 50:
+        features = PCA(50, random_state=seed).fit_transform(features)
+    perplexity = min(30.0, max(5.0, (len(features) - 1) / 3))
+    points = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    palette = plt.get_cmap("tab10")
+    for k, name in enumerate(classes):
+        mask = labels == k
+        if mask.any():
+            ax.scatter(*points[mask].T, s=4, color=palette(k), label=f"{name} ({int(mask.sum())})", alpha=0.7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, markerscale=3, loc="best")
+    ax.set_title(title or "t-SNE of the embeddings", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def neighbour_grid(images, labels, neighbours, queries, classes, heatmaps=None, title: str = ""):
+    """Each row: a query face, then its nearest neighbours (titles: expression; green = same as the query).
+
+    Args:
+        images: ``(N, S, S)`` faces; ``labels`` their classes; ``neighbours`` ``(N, k)`` indices into them.
+        queries: which rows to show.
+        heatmaps: when given, the query's heatmap is shown after the face.
+    """
+    plt = _plt()
+    k = neighbours.shape[1]
+    extra = 1 if heatmaps is not None else 0
+    fig, axes = plt.subplots(
+        len(queries), 1 + extra + k, figsize=(1.15 * (1 + extra + k), 1.3 * len(queries)), squeeze=False
+    )
+    for r, q in enumerate(queries):
+        axes[r, 0].imshow(images[q], cmap="gray", vmin=0, vmax=255)
+        axes[r, 0].set_title(f"query: {classes[labels[q]]}", fontsize=7, color="black")
+        if heatmaps is not None:
+            axes[r, 1].imshow(heatmaps[q], cmap="magma", vmin=0, vmax=255)
+            axes[r, 1].set_title("its heatmap", fontsize=7)
+        for j, n in enumerate(neighbours[q]):
+            ax = axes[r, 1 + extra + j]
+            ax.imshow(images[n], cmap="gray", vmin=0, vmax=255)
+            same = labels[n] == labels[q]
+            ax.set_title(classes[labels[n]], fontsize=7, color="green" if same else "red")
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.suptitle(title or "queries and their nearest neighbours (green: same expression)", fontsize=9)
+    fig.tight_layout()
+    return fig
