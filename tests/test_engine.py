@@ -130,3 +130,21 @@ def test_class_weights_are_balanced():
     y = torch.tensor([0, 0, 0, 1, 2, 2])
     w = class_weights(y, 4)
     assert torch.allclose(w, torch.tensor([6 / 12, 6 / 4, 6 / 8, 0.0]))
+
+
+def test_time_budget_never_starts_an_epoch_that_would_overrun(tmp_path, monkeypatch):
+    import utils.engine as engine
+
+    clock = {"t": 0.0}
+
+    def fake_perf_counter():  # every call advances 5 s: an epoch "takes" a fixed number of seconds
+        clock["t"] += 5.0
+        return clock["t"]
+
+    monkeypatch.setattr(engine.time, "perf_counter", fake_perf_counter)
+    config = TrainConfig(epochs=50, batch_size=32, amp=False, max_minutes=1.0)
+    result = fit(make_method(), toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
+    per_epoch = result.train_seconds / result.epochs_run
+    assert result.train_seconds <= 60  # within the budget
+    assert result.train_seconds + per_epoch > 60  # and one more epoch would not have fitted
+    assert "time budget" in result.stop_reason

@@ -20,13 +20,18 @@ import torch.nn.functional as F
 class AugmentConfig:
     """Augmentation settings; probabilities are per image.
 
-    The defaults are the supervised recipe of the suite: flips, +-10 degrees, +-10 px (at 48 px), random
-    resized crop of 80-100 % of the area, brightness and contrast jitter of +-0.2.
+    The defaults are the supervised recipe of the suite: flips, +-10 degrees, random resized crop of
+    80-100 % of the area (which shifts the face by up to +-2.5 px at 48 px), brightness and contrast jitter
+    of +-0.2. An extra translation is available (``translate=10 / 48`` is the seed's +-10 px) but off by
+    default. It slows learning far more than it regularises in the short runs this suite is tuned for: a
+    ResNet-18 trained on 6,000 FER2013 faces reached 47.3 % PublicTest accuracy after 6 epochs without it
+    and 34.7 % with +-4 px; 41.1 % after 5 epochs against 26.2 % with +-10 px. On the bundled sample, +-10 px
+    alone cut validation accuracy after 12 epochs from 82 % to 26 %.
     """
 
     flip: float = 0.5  # probability of a horizontal flip
     rotate: float = 10.0  # maximum rotation, degrees
-    translate: float = 10.0 / 48  # maximum shift, fraction of the side (10 px at 48 px)
+    translate: float = 0.0  # maximum extra shift, fraction of the side (10 / 48: the seed's +-10 px)
     scale: tuple[float, float] = (0.8, 1.0)  # random resized crop: share of the area kept
     ratio: tuple[float, float] = (0.9, 1.1)  # crop aspect ratio range (faces are roughly square)
     jitter: float = 1.0  # probability of brightness/contrast jitter

@@ -56,7 +56,8 @@ class TrainConfig:
         amp: mixed precision where the device supports it.
         seed: seeds the initial weights, batch order and augmentation.
         deterministic: ask PyTorch for deterministic kernels (slower; used by the resume test).
-        max_minutes: stop after the epoch that exceeds this training time (None: no limit).
+        max_minutes: training-time budget: no epoch starts that would end past it, judged by the mean
+            epoch time so far (None: no limit).
         grad_clip: clip the gradient norm to this value (None: no clipping).
     """
 
@@ -282,6 +283,11 @@ def fit(
     )
     result.stop_reason = "epochs done"
     for epoch in epochs_bar:
+        if config.max_minutes is not None and result.history:
+            per_epoch = result.train_seconds / len(result.history)
+            if result.train_seconds + per_epoch > 60 * config.max_minutes:  # the next epoch would not fit
+                result.stop_reason = f"time budget of {config.max_minutes} min reached"
+                break
         tic = time.perf_counter()
         method.train()
         loader.set_epoch(epoch)
@@ -355,9 +361,6 @@ def fit(
         epochs_bar.set_postfix({k: f"{v:.4f}" for k, v in scores.items()})
         if config.patience is not None and since_best >= config.patience:
             result.stop_reason = f"early stop: no better validation score for {config.patience} epochs"
-            break
-        if config.max_minutes is not None and result.train_seconds >= 60 * config.max_minutes:
-            result.stop_reason = f"time budget of {config.max_minutes} min reached"
             break
     epochs_bar.close()
     result.epochs_run = len(result.history)

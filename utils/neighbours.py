@@ -87,15 +87,19 @@ def heatmap_descriptors(heatmaps: np.ndarray, pool: int, components: int, device
 
 @torch.no_grad()
 def nearest_neighbours(
-    features: torch.Tensor, k: int, seed: int = 0, chunk: int = 4096
+    features: torch.Tensor, k: int, seed: int = 0, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest neighbours of every row among the others (Euclidean), in chunks of queries.
+
+    Args:
+        chunk: queries per chunk; by default as many as keep a chunk's distance matrix near 256 MB.
 
     Returns:
         ``(indices, distances)``: ``(N, k)`` int64 and float32, nearest first.
     """
     n = len(features)
     k = min(k, n - 1)
+    chunk = chunk or max(64, min(4096, (256 << 20) // (4 * n)))
     norms = (features * features).sum(dim=1)  # (N,)
     generator = torch.Generator(device=features.device).manual_seed(seed)
     scale = float(norms.mean().clamp(min=1e-12))

@@ -412,14 +412,8 @@ def floor_run(
     from .probes import floor_features
 
     device = pick_device(device) if not isinstance(device, torch.device) else device
-    setup = {
-        "method": kind,
-        "backbone": backbone if kind == "random-init" else None,
-        "channels": channels,
-        "stem_stride": stem_stride,
-        "seed": seed,
-        "data": _data_record(prepared),
-    }
+    model = {"backbone": backbone if kind == "random-init" else None, "channels": channels, "stem_stride": stem_stride}
+    setup = {"method": kind, "model": model, "seed": seed, "data": _data_record(prepared)}
     folder = runs.run_dir(f"floor-{kind}-{prepared.name}", setup, checkpoint_dir)
     record = None if force else runs.finished(folder)
     if record is not None:
