@@ -185,3 +185,13 @@ def test_erasing_sets_a_rectangle_to_the_image_mean():
         box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
         assert torch.equal(changed, box)  # one solid rectangle
         assert changed.float().mean() <= 0.35  # about the requested share of the area
+
+
+def test_sampling_grid_equals_affine_grid():
+    from utils.augment import sampling_grid
+
+    theta = BatchAugment(AugmentConfig(rotate=30, translate=0.2, scale=(0.5, 1.0), ratio=(0.7, 1.4))).affine_matrices(
+        9, "cpu", torch.Generator().manual_seed(3)
+    )
+    expected = F.affine_grid(theta, [9, 2, 48, 40], align_corners=False)
+    torch.testing.assert_close(sampling_grid(theta, 48, 40), expected, atol=1e-6, rtol=0)

@@ -59,6 +59,18 @@ MOCO_V2_GREY = AugmentConfig(
 )
 
 
+def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, height, width), align_corners=False)``, computed with broadcasting.
+
+    The same numbers, several times faster on a CPU than ``affine_grid``'s batched matrix product.
+    """
+    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1  # pixel centres
+    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
+    t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1)
+    grid = t[:, :, 0] * xs[None, None, None, :] + t[:, :, 1] * ys[None, None, :, None] + t[:, :, 2]  # (B, 2, H, W)
+    return grid.permute(0, 2, 3, 1)  # (B, H, W, 2): x then y, as grid_sample expects
+
+
 class BatchAugment(torch.nn.Module):
     """Apply an :class:`AugmentConfig` to a float batch ``(B, C, H, W)`` in ``[0, 1]``.
 
@@ -109,7 +121,7 @@ class BatchAugment(torch.nn.Module):
         """One warp per image, the same for all its channels. Outside the frame the image repeats its border
         pixels and a heatmap is zero (no landmark there)."""
         theta = self.affine_matrices(len(x), x.device, generator).to(x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = sampling_grid(theta, x.shape[-2], x.shape[-1])
         k = self.image_channels
         image = F.grid_sample(x[:, :k], grid, mode="bilinear", padding_mode="border", align_corners=False)
         if x.shape[1] == k:

@@ -114,6 +114,7 @@ def bench_loader(args) -> dict:
     run_suite(2), run_folder(2)  # warm-up (worker start-up, allocator)
     suite_rates, folder_rates = [], []
     for _ in range(args.repeats):
+        time.sleep(1.0)  # let the DataLoader's workers finish prefetching, so they do not slow the suite's turn
         suite_rates.append(run_suite(args.batches))
         folder_rates.append(run_folder(args.batches))
     s, f = statistics.median(suite_rates), statistics.median(folder_rates)
@@ -257,6 +258,7 @@ def bench_pretrain(args) -> dict:
     run_suite(2), run_lightly(2)  # warm-up
     suite_rates, lightly_rates = [], []
     for _ in range(args.repeats):
+        time.sleep(1.0)  # let the DataLoader's workers finish prefetching, so they do not slow the suite's turn
         suite_rates.append(run_suite(args.batches))
         lightly_rates.append(run_lightly(args.batches))
     s, li = statistics.median(suite_rates), statistics.median(lightly_rates)
