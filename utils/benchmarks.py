@@ -5,8 +5,9 @@
                 ``ImageFolder`` + PIL-transforms ``DataLoader`` (the seed project's pipeline) on the same
                 images (notebook 01's export), alternating, in one process.
 ``neighbours``  the heatmap-neighbour index: wall time at several dataset sizes.
-``pretrain``    MoCo v2 pretraining images per second: the suite against the same method built from the
-                ``lightly`` package (``pip install lightly``), same backbone, batch and input.
+``pretrain``    MoCo v2 pretraining images per second: the suite (as :func:`~utils.engine.fit` runs it) against
+                the same method built from the ``lightly`` package (``pip install lightly``) as its
+                documentation builds it, same backbone, batch, input and mixed precision.
 
 Timings are medians over repeats; every comparison runs both sides alternately in one process, so a
 shared, noisy machine affects both alike. Each prints one JSON line.
@@ -166,7 +167,7 @@ def bench_pretrain(args) -> dict:
     from lightly.transforms import MoCoV2Transform
     from torchvision import datasets
 
-    from .engine import TrainConfig, amp_dtype, make_optimizer
+    from .engine import TrainConfig, amp_dtype, make_optimizer, to_channels_last
     from .loader import BatchLoader, face_tensors
     from .models import create_model
     from .ssl import SSLConfig, build_method
@@ -181,7 +182,10 @@ def bench_pretrain(args) -> dict:
     # --- the suite
     config = SSLConfig(queue_size=8192)
     suite = build_method(config, 1, 1)
-    suite_opt = make_optimizer(suite.parameters(), TrainConfig(lr=0.06, weight_decay=1e-4))
+    suite_config = TrainConfig(lr=0.06, weight_decay=1e-4)
+    if suite_config.channels_last:  # as fit() trains it
+        to_channels_last(suite, device)
+    suite_opt = make_optimizer(suite.parameters(), suite_config)
     loader = BatchLoader(train, args.batch_size, shuffle=True, drop_last=True)
 
     def run_suite(steps):
