@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import runs
+from utils import plots, runs
 from utils.data.base import FaceDataset
 from utils.data.export import export_image_folders, imagefolder_to_canonical
 from utils.faces import FaceConfig, PreparedFaces, merge
@@ -112,6 +112,58 @@ def test_summary_table_has_one_row_per_run_and_protocol(tmp_path):
     test = runs.summary_table(records, "test")
     assert sorted(zip(test["run"], test["protocol"])) == [("a", "plain"), ("a", "tencrop"), ("b", "linear")]
     assert len(runs.summary_table(records, "train")) == 0
+
+
+def pretraining_record(method, seed, minutes, linear, space=None, epochs=13):
+    model = {"backbone": "resnet18", "neighbours": {"k": 5, "space": space or "landmarks"}}
+    return {
+        "method": method,
+        "seed": seed,
+        "epochs_run": epochs,
+        "train_seconds": 60 * minutes,
+        "config": {"model": model, "seed": seed},
+        "evaluations": {"linear": {"val": metrics(linear)}, "knn": {"val": metrics(linear - 0.02)}},
+    }
+
+
+def test_seeds_of_one_setting_are_pooled_and_variants_kept_apart(tmp_path):
+    records = [
+        pretraining_record("hncl", 0, 29, 0.45, "landmarks"),
+        pretraining_record("hncl", 1, 30, 0.47, "landmarks"),
+        pretraining_record("hncl", 0, 9, 0.43, "landmarks", epochs=4),
+        pretraining_record("hncl", 0, 29, 0.40, "centre"),
+        pretraining_record("moco_v2", 0, 28, 0.44),  # carries the ignored neighbour defaults
+        {"method": "raw-pixels", "config": {"seed": 0}, "evaluations": {"linear": {"val": metrics(0.455)}}},
+    ]
+    for i, record in enumerate(records):
+        runs.write_record(tmp_path / f"run{i}", record)
+    table = runs.probe_table(runs.load_records(tmp_path), "val")
+    assert list(table["variant"]) == ["landmarks k=5", "landmarks k=5", "landmarks k=5", "centre k=5", "", ""]
+    assert list(table["seed"]) == [0, 1, 0, 0, 0, 0]
+
+    pooled = runs.over_seeds(table).set_index(["method", "variant", "epochs"])
+    both = pooled.loc[("hncl", "landmarks k=5", 13)]
+    assert both["seeds"] == 2
+    assert both["linear_accuracy"] == pytest.approx(0.46)
+    assert both["linear_accuracy_std"] == pytest.approx(np.std([0.45, 0.47], ddof=1))
+    assert both["pretrain_minutes"] == pytest.approx(29.5)
+    assert pooled.loc[("hncl", "landmarks k=5", 4)]["seeds"] == 1
+    assert np.isnan(pooled.loc[("hncl", "centre k=5", 13)]["linear_accuracy_std"])
+    assert len(pooled) == 5  # the floor (no epochs) is a group of its own
+
+    fig = plots.budget_curve(table, "linear")
+    ax = fig.axes[0]
+    assert sorted(line.get_label() for line in ax.get_lines()) == [
+        "floor: raw-pixels",
+        "hncl (centre k=5)",
+        "hncl (landmarks k=5)",
+        "moco_v2",
+    ]
+    curve = next(line for line in ax.get_lines() if line.get_label() == "hncl (landmarks k=5)")
+    np.testing.assert_allclose(curve.get_xdata(), [9, 29.5])  # one point per budget, at the seeds' mean
+    np.testing.assert_allclose(curve.get_ydata(), [0.43, 0.46])
+    with pytest.raises(ValueError, match="finetune"):
+        plots.budget_curve(table, "finetune")
 
 
 # --------------------------------------------------------------------------------------------- export

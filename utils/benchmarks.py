@@ -150,6 +150,8 @@ def bench_neighbours(args) -> dict:
             nearest_neighbours(feats, config.k, config.seed)
             times.append(time.perf_counter() - tic)
         out["sizes"][size] = round(statistics.median(times), 2)
+        # progress on stderr, so a long run at large sizes shows what it has measured so far
+        print(json.dumps({"size": size, "seconds": times}), file=sys.stderr, flush=True)
     return out
 
 

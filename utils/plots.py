@@ -226,3 +226,41 @@ def neighbour_grid(images, labels, neighbours, queries, classes, heatmaps=None, 
     fig.suptitle(title or "queries and their nearest neighbours (green: same expression)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+FLOOR_METHODS = ("random-init", "raw-pixels")
+
+
+def budget_curve(table, protocol: str = "linear", title: str = ""):
+    """Probe accuracy against pretraining time, from :func:`~utils.runs.probe_table`.
+
+    One series per method and variant: every run as a dot (seeds side by side), a line through the mean
+    at each budget. The floors (random weights, raw pixels) are horizontal lines.
+    """
+    plt = _plt()
+    column = f"{protocol}_accuracy"
+    if column not in table.columns:
+        raise ValueError(f"no {protocol!r} evaluations in the table (columns: {list(table.columns)})")
+    table = table.dropna(subset=[column])
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    floors = table[table["method"].isin(FLOOR_METHODS)]
+    runs = table[~table["method"].isin(FLOOR_METHODS)]
+    for i, ((method, variant), group) in enumerate(runs.groupby(["method", "variant"], sort=True)):
+        color = f"C{i}"
+        label = f"{method} ({variant})" if variant else method
+        ax.scatter(group["pretrain_minutes"], group[column], color=color, s=18, alpha=0.6)
+        means = group.groupby("epochs")[[column, "pretrain_minutes"]].mean().sort_values("pretrain_minutes")
+        ax.plot(means["pretrain_minutes"], means[column], "-o", color=color, markersize=4, label=label)
+    for j, (method, group) in enumerate(floors.groupby("method", sort=True)):
+        value = group[column].mean()
+        ax.axhline(value, color="0.35", linestyle=("--", ":")[j % 2], linewidth=1, label=f"floor: {method}")
+    ax.set_xlabel("pretraining time (minutes)")
+    name = {"knn": "kNN"}.get(protocol, protocol)
+    ax.set_ylabel(f"{name} accuracy")
+    ax.set_xlim(0, 1.08 * max(1.0, float(runs["pretrain_minutes"].max()) if len(runs) else 1.0))
+    ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(title or f"{name} probe accuracy against pretraining time (dots: single runs)", fontsize=9)
+    fig.tight_layout()
+    return fig

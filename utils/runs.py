@@ -66,6 +66,16 @@ def load_records(root=None) -> list[dict]:
     return out
 
 
+def describe(record: dict) -> dict:
+    """What tells two runs of one method apart in a table: ``variant`` (HNCL's neighbour space and k), ``seed``
+    and ``epochs`` (epochs trained)."""
+    config = record.get("config", {})
+    neighbours = config.get("model", {}).get("neighbours") or record.get("neighbours")
+    uses_neighbours = record.get("method") == "hncl"  # MoCo v2's config carries the (ignored) defaults too
+    variant = f"{neighbours['space']} k={neighbours['k']}" if neighbours and uses_neighbours else ""
+    return {"variant": variant, "seed": record.get("seed", config.get("seed")), "epochs": record.get("epochs_run")}
+
+
 def summary_table(records: list[dict], split: str = "val"):
     """One row per run and evaluation protocol: accuracy, balanced accuracy, macro-F1 on ``split``."""
     import pandas as pd
@@ -80,6 +90,7 @@ def summary_table(records: list[dict], split: str = "val"):
                 {
                     "run": r["run_dir"],
                     "method": r.get("method"),
+                    **describe(r),
                     "protocol": protocol,
                     "dataset": r.get("dataset", {}).get("name"),
                     "backbone": r.get("config", {}).get("model", {}).get("backbone"),
@@ -101,7 +112,7 @@ def probe_table(records: list[dict], split: str = "val", protocols=("linear", "k
     rows = []
     for r in records:
         evaluations = r.get("evaluations", {})
-        row = {"run": r.get("run_dir", r.get("run")), "method": r.get("method"), "seed": r.get("seed")}
+        row = {"run": r.get("run_dir", r.get("run")), "method": r.get("method"), **describe(r)}
         for protocol in protocols:
             m = evaluations.get(protocol, {}).get(split)
             if m is not None:
@@ -109,4 +120,20 @@ def probe_table(records: list[dict], split: str = "val", protocols=("linear", "k
                 row[f"{protocol}_macro_f1"] = m["macro_f1"]
         row["pretrain_minutes"] = round(r.get("train_seconds", 0) / 60, 1)
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["run", "method", "variant", "seed", "epochs"]
+    columns += [f"{p}_{m}" for p in protocols for m in ("accuracy", "macro_f1")] + ["pretrain_minutes"]
+    return pd.DataFrame(rows, columns=columns)  # the same columns whichever protocols the runs have
+
+
+def over_seeds(table, by=("method", "variant", "epochs")):
+    """Runs that differ only in their seed, pooled: per group of ``by``, the mean of every numeric column,
+    its standard deviation across seeds (``<column>_std``, NaN for a single seed) and ``seeds``, the count."""
+    import pandas as pd
+
+    by = [c for c in by if c in table.columns]
+    numeric = [c for c in table.select_dtypes("number").columns if c not in (*by, "seed")]
+    grouped = table.groupby(by, dropna=False, sort=False)[numeric]
+    out = grouped.mean().join(grouped.std().add_suffix("_std"))
+    out["seeds"] = table.groupby(by, dropna=False, sort=False).size()
+    ordered = [c for pair in zip(numeric, [f"{c}_std" for c in numeric]) for c in pair]
+    return pd.DataFrame(out[[*ordered, "seeds"]]).reset_index()
