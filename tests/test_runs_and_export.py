@@ -114,14 +114,15 @@ def test_summary_table_has_one_row_per_run_and_protocol(tmp_path):
     assert len(runs.summary_table(records, "train")) == 0
 
 
-def pretraining_record(method, seed, minutes, linear, space=None, epochs=13):
-    model = {"backbone": "resnet18", "neighbours": {"k": 5, "space": space or "landmarks"}}
+def pretraining_record(method, seed, minutes, linear, space=None, epochs=13, momentum=0.99):
+    model = {"backbone": "resnet18", "momentum": momentum, "neighbours": {"k": 5, "space": space or "landmarks"}}
+    model["neighbours"]["seed"] = seed  # breaks ties: a seed like the others
     return {
         "method": method,
         "seed": seed,
         "epochs_run": epochs,
         "train_seconds": 60 * minutes,
-        "config": {"model": model, "seed": seed},
+        "config": {"model": model, "train": {"epochs": epochs, "seed": seed}, "seed": seed},
         "evaluations": {"linear": {"val": metrics(linear)}, "knn": {"val": metrics(linear - 0.02)}},
     }
 
@@ -133,23 +134,26 @@ def test_seeds_of_one_setting_are_pooled_and_variants_kept_apart(tmp_path):
         pretraining_record("hncl", 0, 9, 0.43, "landmarks", epochs=4),
         pretraining_record("hncl", 0, 29, 0.40, "centre"),
         pretraining_record("moco_v2", 0, 28, 0.44),  # carries the ignored neighbour defaults
+        pretraining_record("hncl", 1, 29, 0.30, "landmarks", momentum=0.999),  # another setting: not pooled
         {"method": "raw-pixels", "config": {"seed": 0}, "evaluations": {"linear": {"val": metrics(0.455)}}},
     ]
     for i, record in enumerate(records):
         runs.write_record(tmp_path / f"run{i}", record)
     table = runs.probe_table(runs.load_records(tmp_path), "val")
-    assert list(table["variant"]) == ["landmarks k=5", "landmarks k=5", "landmarks k=5", "centre k=5", "", ""]
-    assert list(table["seed"]) == [0, 1, 0, 0, 0, 0]
+    assert list(table["variant"]) == ["landmarks k=5"] * 3 + ["centre k=5", "", "landmarks k=5", ""]
+    assert list(table["seed"]) == [0, 1, 0, 0, 0, 1, 0]
+    assert table["setting"][0] == table["setting"][1] != table["setting"][5]
 
-    pooled = runs.over_seeds(table).set_index(["method", "variant", "epochs"])
-    both = pooled.loc[("hncl", "landmarks k=5", 13)]
+    pooled = runs.over_seeds(table).set_index(["method", "variant", "epochs", "setting"])
+    both = pooled.loc[("hncl", "landmarks k=5", 13, table["setting"][0])]
     assert both["seeds"] == 2
     assert both["linear_accuracy"] == pytest.approx(0.46)
     assert both["linear_accuracy_std"] == pytest.approx(np.std([0.45, 0.47], ddof=1))
     assert both["pretrain_minutes"] == pytest.approx(29.5)
+    pooled = pooled.droplevel("setting")
     assert pooled.loc[("hncl", "landmarks k=5", 4)]["seeds"] == 1
     assert np.isnan(pooled.loc[("hncl", "centre k=5", 13)]["linear_accuracy_std"])
-    assert len(pooled) == 5  # the floor (no epochs) is a group of its own
+    assert len(pooled) == 6  # the other momentum and the floor (no epochs) are groups of their own
 
     fig = plots.budget_curve(table, "linear")
     ax = fig.axes[0]
@@ -160,8 +164,8 @@ def test_seeds_of_one_setting_are_pooled_and_variants_kept_apart(tmp_path):
         "moco_v2",
     ]
     curve = next(line for line in ax.get_lines() if line.get_label() == "hncl (landmarks k=5)")
-    np.testing.assert_allclose(curve.get_xdata(), [9, 29.5])  # one point per budget, at the seeds' mean
-    np.testing.assert_allclose(curve.get_ydata(), [0.43, 0.46])
+    np.testing.assert_allclose(curve.get_xdata(), [9, 29, 29.5])  # one point per setting, at the seeds' mean
+    np.testing.assert_allclose(curve.get_ydata(), [0.43, 0.30, 0.46])
     with pytest.raises(ValueError, match="finetune"):
         plots.budget_curve(table, "finetune")
 

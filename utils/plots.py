@@ -235,7 +235,7 @@ def budget_curve(table, protocol: str = "linear", title: str = ""):
     """Probe accuracy against pretraining time, from :func:`~utils.runs.probe_table`.
 
     One series per method and variant: every run as a dot (seeds side by side), a line through the mean
-    at each budget. The floors (random weights, raw pixels) are horizontal lines.
+    of the runs that differ only in their seed (one point per budget). The floors (random weights, raw pixels) are horizontal lines.
     """
     plt = _plt()
     column = f"{protocol}_accuracy"
@@ -249,7 +249,8 @@ def budget_curve(table, protocol: str = "linear", title: str = ""):
         color = f"C{i}"
         label = f"{method} ({variant})" if variant else method
         ax.scatter(group["pretrain_minutes"], group[column], color=color, s=18, alpha=0.6)
-        means = group.groupby("epochs")[[column, "pretrain_minutes"]].mean().sort_values("pretrain_minutes")
+        same = "setting" if "setting" in group else "epochs"  # runs that differ only in their seed
+        means = group.groupby(same)[[column, "pretrain_minutes"]].mean().sort_values("pretrain_minutes")
         ax.plot(means["pretrain_minutes"], means[column], "-o", color=color, markersize=4, label=label)
     for j, (method, group) in enumerate(floors.groupby("method", sort=True)):
         value = group[column].mean()

@@ -67,13 +67,25 @@ def load_records(root=None) -> list[dict]:
 
 
 def describe(record: dict) -> dict:
-    """What tells two runs of one method apart in a table: ``variant`` (HNCL's neighbour space and k), ``seed``
-    and ``epochs`` (epochs trained)."""
+    """What tells two runs of one method apart in a table: ``variant`` (HNCL's neighbour space and k), ``seed``,
+    ``epochs`` (epochs trained) and ``setting``, a digest of the whole configuration except its seeds (runs
+    with the same setting differ only in their seed)."""
     config = record.get("config", {})
     neighbours = config.get("model", {}).get("neighbours") or record.get("neighbours")
     uses_neighbours = record.get("method") == "hncl"  # MoCo v2's config carries the (ignored) defaults too
     variant = f"{neighbours['space']} k={neighbours['k']}" if neighbours and uses_neighbours else ""
-    return {"variant": variant, "seed": record.get("seed", config.get("seed")), "epochs": record.get("epochs_run")}
+    return {
+        "variant": variant,
+        "seed": record.get("seed", config.get("seed")),
+        "epochs": record.get("epochs_run"),
+        "setting": settings_key({"method": record.get("method"), "config": _without_seeds(config)})[:8],
+    }
+
+
+def _without_seeds(settings):
+    if isinstance(settings, dict):
+        return {k: _without_seeds(v) for k, v in settings.items() if k != "seed"}
+    return settings
 
 
 def summary_table(records: list[dict], split: str = "val"):
@@ -120,14 +132,15 @@ def probe_table(records: list[dict], split: str = "val", protocols=("linear", "k
                 row[f"{protocol}_macro_f1"] = m["macro_f1"]
         row["pretrain_minutes"] = round(r.get("train_seconds", 0) / 60, 1)
         rows.append(row)
-    columns = ["run", "method", "variant", "seed", "epochs"]
+    columns = ["run", "method", "variant", "seed", "epochs", "setting"]
     columns += [f"{p}_{m}" for p in protocols for m in ("accuracy", "macro_f1")] + ["pretrain_minutes"]
     return pd.DataFrame(rows, columns=columns)  # the same columns whichever protocols the runs have
 
 
-def over_seeds(table, by=("method", "variant", "epochs")):
-    """Runs that differ only in their seed, pooled: per group of ``by``, the mean of every numeric column,
-    its standard deviation across seeds (``<column>_std``, NaN for a single seed) and ``seeds``, the count."""
+def over_seeds(table, by=("method", "variant", "epochs", "setting")):
+    """Runs that differ only in their seed (same ``setting``), pooled: per group of ``by``, the mean of every
+    numeric column, its standard deviation across seeds (``<column>_std``, NaN for a single seed) and
+    ``seeds``, the count."""
     import pandas as pd
 
     by = [c for c in by if c in table.columns]
