@@ -249,8 +249,8 @@ def budget_curve(table, protocol: str = "linear", title: str = ""):
         color = f"C{i}"
         label = f"{method} ({variant})" if variant else method
         ax.scatter(group["pretrain_minutes"], group[column], color=color, s=18, alpha=0.6)
-        same = "setting" if "setting" in group else "epochs"  # runs that differ only in their seed
-        means = group.groupby(same)[[column, "pretrain_minutes"]].mean().sort_values("pretrain_minutes")
+        # one point per setting: the mean of the runs that differ only in their seed
+        means = group.groupby("setting")[[column, "pretrain_minutes"]].mean().sort_values("pretrain_minutes")
         ax.plot(means["pretrain_minutes"], means[column], "-o", color=color, markersize=4, label=label)
     for j, (method, group) in enumerate(floors.groupby("method", sort=True)):
         value = group[column].mean()
