@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from utils.augment import AugmentConfig, BatchAugment
 from utils.engine import TrainConfig, class_weights, fit, learning_rate, load_checkpoint
 from utils.loader import FaceTensors
+from utils.methods import Method
 from utils.models import FERNet
-from utils.supervised import Supervised
 
 
 def tiny_net(seed=0, classes=3):
@@ -34,15 +35,29 @@ def toy_data(n=96, seed=0):
     return FaceTensors(x, y)
 
 
+class TinyClassifier(Method):
+    """A small classifier trained with label-smoothed cross-entropy on augmented toy images."""
+
+    kind = "classifier"
+
+    def __init__(self, seed=0):
+        super().__init__(None, None)
+        self.encoder = tiny_net(seed)
+        self.augment = BatchAugment(AugmentConfig(rotate=5, translate=0.05, scale=(0.9, 1.0), flip=0.0))
+
+    def forward(self, x, y, rows, generator):
+        logits = self.encoder(self.augment(x, generator))
+        return F.cross_entropy(logits, y, label_smoothing=0.05), {}
+
+
 def make_method(seed=0):
-    augment = BatchAugment(AugmentConfig(rotate=5, translate=0.05, scale=(0.9, 1.0), flip=0.0))
-    return Supervised(tiny_net(seed), augment, label_smoothing=0.05)
+    return TinyClassifier(seed)
 
 
 def validator(data):
     def validate(method):
         with torch.no_grad():
-            logits = method.model(data.x.float() / 255)
+            logits = method.encoder(data.x.float() / 255)
         return {"score": float((logits.argmax(1) == data.y).float().mean())}
 
     return validate
@@ -148,3 +163,17 @@ def test_time_budget_never_starts_an_epoch_that_would_overrun(tmp_path, monkeypa
     assert result.train_seconds <= 60  # within the budget
     assert result.train_seconds + per_epoch > 60  # and one more epoch would not have fitted
     assert "time budget" in result.stop_reason
+
+
+def test_epoch_logs_are_means_over_the_batches_trained(tmp_path):
+    """With steps_per_epoch capping an epoch, the logged means divide by the steps taken (once, by one more)."""
+
+    class Counting(TinyClassifier):
+        def forward(self, x, y, rows, generator):
+            loss, _ = super().forward(x, y, rows, generator)
+            return loss, {"one": 1.0}
+
+    result = fit(
+        Counting(), toy_data(), TrainConfig(epochs=2, batch_size=16, amp=False), None, progress=False, steps_per_epoch=3
+    )
+    assert [h["train_one"] for h in result.history] == [1.0, 1.0]

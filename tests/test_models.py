@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,33 @@ def test_unknown_backbone_or_stem_raises():
         create_model("resnet19")
     with pytest.raises(ValueError, match="stem"):
         create_model("resnet18", stem="tiny")
+
+
+def test_the_offline_message_names_the_home_folder_as_tilde(monkeypatch, tmp_path):
+    """Stored notebook outputs show this message: it must not carry the user's home path."""
+
+    def builder(weights=None, progress=True):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torchvision.models, "resnet18", builder)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / ".cache" / "torch" / "hub"))
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        create_model("resnet18", pretrained=True)
+    assert "~/.cache/torch/hub/checkpoints" in str(info.value) and str(tmp_path) not in str(info.value)
+
+
+def test_feature_map_and_a_last_stage_without_stride():
+    x = torch.zeros(2, 1, 48, 48)
+    net = create_model("resnet18", 0, 1, stem_stride=2).eval()
+    assert net.feature_map(x).shape == (2, 512, 3, 3)  # 48 / 2 (stem) / 2 / 2 / 2
+    assert net.feature_map(x, "layer3").shape == (2, 256, 6, 6)
+    pooled = net.feature_map(x).mean(dim=(2, 3))
+    torch.testing.assert_close(pooled, net.features(x))
+    wide = create_model("resnet18", 0, 1, stem_stride=2, last_stride=1).eval()
+    assert wide.feature_map(x).shape == (2, 512, 6, 6)
+    assert wide.features(x).shape == (2, 512)
+    with pytest.raises(ValueError, match="stage"):
+        net.feature_map(x, "layer5")
+    with pytest.raises(ValueError, match="ResNets"):
+        create_model("vgg19_bn", 0, 1, last_stride=1)

@@ -11,8 +11,10 @@ from utils import runs
 from utils.data import load_dataset_or_sample
 from utils.faces import FaceConfig, prepare
 from utils.loader import face_tensors
-from utils.probes import PROBE_CS, floor_features, knn_scores, linear_probe
-from utils.ssl import floor_run
+from utils.methods import EncoderConfig, InputSpec
+from utils.methods.floors import RandomInit, RandomInitConfig, RawPixels, RawPixelsConfig, floors
+from utils.probes import PROBE_CS, extract_features, knn_scores, linear_probe
+from utils.runtime import seed_everything
 
 
 def clusters(n_per_class=40, classes=3, dim=10, spread=0.3, seed=0):
@@ -117,47 +119,62 @@ def small(sample):
     return sample.subset(rows)
 
 
+def floor_features(method, prepared, channels):
+    return {
+        split: extract_features(method.embed, face_tensors(prepared, split, channels))
+        for split in ("train", "val", "test")
+    }
+
+
 def test_raw_pixel_floor_is_the_flattened_input_in_unit_range(sample):
-    out = floor_features("raw-pixels", sample, "gray+heatmap")
-    assert list(out) == ["train", "val", "test"]
-    for split, (feats, labels) in out.items():
+    method = RawPixels(RawPixelsConfig("gray+heatmap"), InputSpec(2, 1, sample.classes, 48, 0))
+    for split, feats in floor_features(method, sample, "gray+heatmap").items():
         data = face_tensors(sample, split, "gray+heatmap")
         assert feats.shape == (len(data), 2 * 48 * 48)
         assert feats.min() >= 0 and feats.max() <= 1 and feats.max() > 0.9
         np.testing.assert_allclose(feats, data.x.flatten(1).numpy() / 255, rtol=1e-6)
-        np.testing.assert_array_equal(labels, sample.labels[sample.splits == split])
 
 
 def test_random_init_floor_is_deterministic_for_a_seed(small):
-    first = floor_features("random-init", small, "gray", backbone="resnet18", seed=0)
-    again = floor_features("random-init", small, "gray", backbone="resnet18", seed=0)
-    other = floor_features("random-init", small, "gray", backbone="resnet18", seed=1)
-    for split in ("train", "val", "test"):
-        feats, labels = first[split]
-        assert feats.shape == (20, 512) and feats.dtype == np.float32 and len(labels) == 20
-        np.testing.assert_array_equal(feats, again[split][0])
-        assert not np.allclose(feats, other[split][0])
+    def features(seed):
+        seed_everything(seed)
+        method = RandomInit(RandomInitConfig(), InputSpec(1, 1, small.classes, 48, 20)).eval()
+        return floor_features(method, small, "gray")
+
+    first, again, other = features(0), features(0), features(1)
+    for split, feats in first.items():
+        assert feats.shape == (20, 512) and feats.dtype == np.float32
+        np.testing.assert_array_equal(feats, again[split])
+        assert not np.allclose(feats, other[split])
 
 
-def test_unknown_floor_is_refused(small):
-    with pytest.raises(ValueError, match="floor kind"):
-        floor_features("imagenet", small, "gray")
+def test_a_floor_with_an_unknown_input_layout_is_refused():
+    with pytest.raises(ValueError, match="channels must be one of"):
+        RawPixelsConfig("grey")
 
 
-def test_floor_run_writes_a_finished_record(sample, tmp_path, monkeypatch):
+def test_floor_runs_write_finished_records_and_are_found_again(sample, tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "versions", lambda: {"python": "3.x"})  # the real ones import cv2 and dlib: slow
-    record = floor_run("raw-pixels", sample, "gray", checkpoint_dir=tmp_path, device="cpu")
-    folders = list(tmp_path.glob("floor-raw-pixels-sample-*"))
-    assert len(folders) == 1
-    on_disk = json.loads((folders[0] / "metrics.json").read_text())
-    assert on_disk["status"] == record["status"] == "finished" and on_disk["method"] == "raw-pixels"
-    evaluations = on_disk["evaluations"]
-    for protocol in ("linear", "knn"):
-        assert set(evaluations[protocol]) >= {"val", "test"}
-        for split in ("val", "test"):
-            assert 0 <= evaluations[protocol][split]["accuracy"] <= 1
-    assert evaluations["linear"]["C"] in PROBE_CS
-    assert len(evaluations["linear"]["accuracy_by_C"]) == len(PROBE_CS)
-    # a finished run is found again, not recomputed
-    monkeypatch.setattr("utils.probes.floor_features", lambda *a, **k: pytest.fail("recomputed"))
-    assert floor_run("raw-pixels", sample, "gray", checkpoint_dir=tmp_path, device="cpu") == record
+    encoder = EncoderConfig(stem_stride=4)
+    random_init, raw = floors(sample, encoder, seed=0, checkpoint_dir=tmp_path, device="cpu", progress=False)
+    assert sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir()) == [
+        "floor-random-init-sample",
+        "floor-raw-pixels-sample",
+    ]
+    for run, method in ((random_init, "random-init"), (raw, "raw-pixels")):
+        on_disk = json.loads((run.run_dir / "metrics.json").read_text())
+        assert on_disk["status"] == "finished" and on_disk["method"] == method and on_disk["protocol"] == "floor"
+        assert on_disk["epochs_run"] == 0
+        evaluations = on_disk["evaluations"]
+        for protocol in ("linear", "knn"):
+            for split in ("val", "test"):
+                assert 0 <= evaluations[protocol][split]["accuracy"] <= 1
+        assert evaluations["linear"]["C"] in PROBE_CS
+        assert len(evaluations["linear"]["accuracy_by_C"]) == len(PROBE_CS)
+    assert json.loads((raw.run_dir / "metrics.json").read_text())["seed"] is None  # nothing random in it
+
+    # finished runs are found again, not recomputed; raw pixels are the same run for every seed
+    monkeypatch.setattr(RawPixels, "embed", lambda *a: pytest.fail("recomputed"))
+    again = floors(sample, encoder, seed=1, checkpoint_dir=tmp_path, device="cpu", progress=False)
+    assert again[1].loaded and again[1].run_dir == raw.run_dir and again[1].record == raw.record
+    assert not again[0].loaded and again[0].run_dir != random_init.run_dir  # another seed: other weights

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import plots, runs
+from utils import plots, results, runs
 from utils.data.base import FaceDataset
 from utils.data.export import export_image_folders, imagefolder_to_canonical
 from utils.faces import FaceConfig, PreparedFaces, merge
@@ -100,7 +100,7 @@ def test_summary_table_has_one_row_per_run_and_protocol(tmp_path):
     )
     records = runs.load_records(tmp_path)
 
-    val = runs.summary_table(records, "val")
+    val = results.summary_table(records, "val")
     assert isinstance(val, pd.DataFrame)
     assert sorted(zip(val["run"], val["protocol"])) == [("a", "plain"), ("a", "tencrop"), ("b", "knn")]
     row = val[(val["run"] == "a") & (val["protocol"] == "tencrop")].iloc[0]
@@ -109,9 +109,9 @@ def test_summary_table_has_one_row_per_run_and_protocol(tmp_path):
     assert row["backbone"] == "resnet18" and row["dataset"] == "fer2013"
     assert row["train_minutes"] == pytest.approx(10.0)
 
-    test = runs.summary_table(records, "test")
+    test = results.summary_table(records, "test")
     assert sorted(zip(test["run"], test["protocol"])) == [("a", "plain"), ("a", "tencrop"), ("b", "linear")]
-    assert len(runs.summary_table(records, "train")) == 0
+    assert len(results.summary_table(records, "train")) == 0
 
 
 def pretraining_record(method, seed, minutes, linear, space=None, epochs=13, momentum=0.99):
@@ -119,6 +119,7 @@ def pretraining_record(method, seed, minutes, linear, space=None, epochs=13, mom
     model["neighbours"]["seed"] = seed  # breaks ties: a seed like the others
     return {
         "method": method,
+        "variant": f"{space or 'landmarks'} k=5" if method == "hncl" else "",
         "seed": seed,
         "epochs_run": epochs,
         "train_seconds": 60 * minutes,
@@ -139,12 +140,12 @@ def test_seeds_of_one_setting_are_pooled_and_variants_kept_apart(tmp_path):
     ]
     for i, record in enumerate(records):
         runs.write_record(tmp_path / f"run{i}", record)
-    table = runs.probe_table(runs.load_records(tmp_path), "val")
+    table = results.probe_table(runs.load_records(tmp_path), "val")
     assert list(table["variant"]) == ["landmarks k=5"] * 3 + ["centre k=5", "", "landmarks k=5", ""]
     assert list(table["seed"]) == [0, 1, 0, 0, 0, 1, 0]
     assert table["setting"][0] == table["setting"][1] != table["setting"][5]
 
-    pooled = runs.over_seeds(table).set_index(["method", "variant", "epochs", "setting"])
+    pooled = results.over_seeds(table).set_index(["method", "variant", "epochs", "setting"])
     both = pooled.loc[("hncl", "landmarks k=5", 13, table["setting"][0])]
     assert both["seeds"] == 2
     assert both["linear_accuracy"] == pytest.approx(0.46)

@@ -171,8 +171,9 @@ def bench_pretrain(args) -> dict:
 
     from .engine import TrainConfig, amp_dtype, make_optimizer, to_channels_last
     from .loader import BatchLoader, face_tensors
+    from .methods import InputSpec
+    from .methods.moco import MoCo, MoCoConfig
     from .models import create_model
-    from .ssl import SSLConfig, build_method
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -182,12 +183,12 @@ def bench_pretrain(args) -> dict:
     torch.manual_seed(0)
 
     # --- the suite
-    config = SSLConfig(queue_size=8192)
-    suite = build_method(config, 1, 1)
+    config = MoCoConfig(queue_size=8192)
+    suite = MoCo(config, InputSpec(1, 1, tuple(prepared.classes), prepared.images.shape[1], len(train)))
     suite_config = TrainConfig(lr=0.06, weight_decay=1e-4)
     if suite_config.channels_last:  # as fit() trains it
         to_channels_last(suite, device)
-    suite_opt = make_optimizer(suite.parameters(), suite_config)
+    suite_opt = make_optimizer(suite.param_groups(suite_config.weight_decay), suite_config)
     loader = BatchLoader(train, args.batch_size, shuffle=True, drop_last=True)
 
     def run_suite(steps):

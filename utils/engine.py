@@ -1,8 +1,9 @@
 """The one training loop of the suite: every method (supervised, MoCo v2, HNCL, ...) is trained by :func:`fit`.
 
-A method is an ``nn.Module`` whose ``forward(x, y, rows, generator)`` returns ``(loss, logs)`` for one batch
-(it augments the batch itself, once or twice), plus an optional :meth:`Method.after_step` hook (momentum
-encoders). :func:`fit` does the rest:
+A method (:class:`utils.methods.Method`) is an ``nn.Module`` whose ``forward(x, y, rows, generator)`` returns
+``(loss, logs)`` for one batch (it augments the batch itself, once or twice), with an ``after_step(progress)``
+hook (momentum encoders) and ``param_groups(weight_decay)`` (what the optimizer updates, and how). :func:`fit`
+does the rest:
 
 - SGD with Nesterov momentum or AdamW; linear warm-up then cosine decay, set per step;
 - mixed precision: float16 with a gradient scaler on CUDA, bfloat16 on CPUs with AVX512-BF16 or AMX;
@@ -36,6 +37,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from .loader import BatchLoader, FaceTensors, epoch_generator
+from .runtime import show_progress
 
 
 @dataclass
@@ -87,33 +89,6 @@ class TrainConfig:
             raise ValueError(f"balance must be 'none', 'weights' or 'sampler', not {self.balance!r}")
 
 
-class Method(nn.Module):
-    """Base class of everything :func:`fit` trains.
-
-    Subclasses implement :meth:`forward` (one training step's loss) and :meth:`embed` (features for the
-    kNN monitor and probes); they may override :meth:`after_step`.
-    """
-
-    def forward(
-        self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, generator: torch.Generator
-    ):  # pragma: no cover
-        """Loss of one batch: ``x`` ``(B, C, H, W)`` float in [0, 1], labels ``y`` (unused by SSL), ``rows``
-        the images' positions in the training split (HNCL looks up their neighbours), ``generator`` for the
-        augmentation.
-
-        Returns:
-            ``(loss, logs)``: a scalar tensor and a dict of floats to average over the epoch.
-        """
-        raise NotImplementedError
-
-    def after_step(self, progress: float) -> None:
-        """Called after every optimizer step with the share of training done (0..1)."""
-
-    @torch.no_grad()
-    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
-
-
 def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     """The autocast dtype for ``device``: float16 on CUDA, bfloat16 on capable CPUs, else None (float32)."""
     if not enabled:
@@ -144,12 +119,10 @@ def to_channels_last(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
-def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters (1-d tensors)."""
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over parameter groups (a method's ``param_groups``). A group may carry
+    ``lr_scale``: its learning rate is ``lr_scale`` times the schedule's."""
+    groups = [g for g in groups if g["params"]]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
@@ -215,18 +188,18 @@ class FitResult:
 
 
 def fit(
-    method: Method,
+    method: nn.Module,
     train: FaceTensors,
     config: TrainConfig,
     run_dir=None,
-    validate: Callable[[Method], dict] | None = None,
+    validate: Callable[[nn.Module], dict] | None = None,
     progress: bool = True,
     steps_per_epoch: int | None = None,
 ) -> FitResult:
     """Train ``method`` on ``train`` (see the module docstring).
 
     Args:
-        method: the :class:`Method`, already on the training device (``train``'s device).
+        method: a :class:`utils.methods.Method`, already on the training device (``train``'s device).
         train: the training split as tensors.
         config: optimisation settings.
         run_dir: where checkpoints and the log go (None: keep nothing, no resume).
@@ -259,7 +232,7 @@ def fit(
     steps = min(len(loader), steps_per_epoch or len(loader))
     total_steps = steps * config.epochs
     warmup = int(round(config.warmup_epochs * steps))
-    optimizer = make_optimizer(method.parameters(), config)
+    optimizer = make_optimizer(method.param_groups(config.weight_decay), config)
     dtype = amp_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     model = method
@@ -292,7 +265,7 @@ def fit(
         range(start_epoch, config.epochs),
         desc=run_dir.name if run_dir else "training",
         unit="epoch",
-        disable=not (progress and main),
+        disable=not show_progress(progress and main),
         initial=start_epoch,
         total=config.epochs,
     )
@@ -309,7 +282,10 @@ def fit(
         # one generator per epoch and process for the augmentation, independent of the batch order
         augment_gen = epoch_generator(config.seed + 7919 * (dist_utils.rank() + 1), epoch, device)
         sums: dict[str, float] = {}
-        batches = tqdm(loader, total=steps, leave=False, desc=f"epoch {epoch + 1}", disable=not (progress and main))
+        done = 0  # batches trained this epoch
+        batches = tqdm(
+            loader, total=steps, leave=False, desc=f"epoch {epoch + 1}", disable=not show_progress(progress and main)
+        )
         for b, (x, y, rows) in enumerate(batches):
             if b >= steps:
                 break
@@ -318,7 +294,7 @@ def fit(
             x, y, rows = x[mine], y[mine], rows[mine]
             lr = learning_rate(step, total_steps, warmup, config.lr, config.min_lr)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, logs = model(x, y, rows, augment_gen)
             if not torch.isfinite(loss):
@@ -335,11 +311,12 @@ def fit(
             logs = {"loss": loss.item(), **logs}
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+            done += 1
             if b % 10 == 0:
                 batches.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.3g}")
         train_time = time.perf_counter() - tic
         result.train_seconds += train_time
-        row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / max(1, b + 1) for k, v in sums.items()}}
+        row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         method.eval()
         scores = validate(method) if validate is not None else {"score": float(epoch)}
         row.update({f"val_{k}": float(v) for k, v in scores.items()})

@@ -113,3 +113,17 @@ def per_class_table(metrics: dict):
     import pandas as pd
 
     return pd.DataFrame(metrics["per_class"]).T[["precision", "recall", "f1", "roc_auc", "support"]]
+
+
+def evaluate_splits(model, prepared, channels: str, splits, device, tta=None, amp=None, batch_size: int = 512) -> dict:
+    """:func:`classification_metrics` of ``model`` on each of ``splits`` that ``prepared`` has."""
+    from .loader import face_tensors
+
+    out = {}
+    for split in splits:
+        if not (prepared.splits == split).any():
+            continue
+        data = face_tensors(prepared, split, channels, device)
+        probs = predict(model, data, batch_size=batch_size, tta=tta, amp_dtype=amp)
+        out[split] = classification_metrics(data.y.cpu().numpy(), probs, prepared.classes)
+    return out

@@ -36,7 +36,7 @@ import numpy as np
 from . import cache
 from .data.base import DatasetError, FaceDataset, Problem, read_image
 from .labels import class_names
-from .runtime import DATA_DIR
+from .runtime import DATA_DIR, show_progress
 
 NUM_LANDMARKS = 68
 RIGHT_EYE = slice(36, 42)  # the subject's right eye, on the image's left (iBUG 300-W numbering)
@@ -542,7 +542,7 @@ def _preprocess(dataset: FaceDataset, config: FaceConfig, workers: int, chunk: i
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, mininterval=1.0)
+    return tqdm(total=total, desc=desc, unit="img", disable=not show_progress(enabled), mininterval=1.0)
 
 
 def prepare(

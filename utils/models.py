@@ -12,13 +12,18 @@ of stride ``stem_stride`` without max-pool (as CIFAR ResNets and solo-learn do f
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 import urllib.error
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
 BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2", "vgg19_bn", "efficientnet_b0")
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -42,7 +47,35 @@ class FERNet(nn.Module):
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, feature_dim)``: the globally pooled features the head reads."""
         return self.backbone(x)
+
+    def feature_map(self, x: torch.Tensor, stage: str | None = None) -> torch.Tensor:
+        """Spatial features ``(N, C, h, w)`` before global pooling (region branches, attention maps).
+
+        Args:
+            stage: for ResNets, the block whose output is returned (``"layer1"`` ... ``"layer4"``); None, the
+                last map (for VGG and EfficientNet only the last is available).
+        """
+        return self.feature_maps(x, (stage,))[0]
+
+    def feature_maps(self, x: torch.Tensor, stages: tuple[str | None, ...]) -> list[torch.Tensor]:
+        """The maps after each of ``stages`` (None: the last), from one forward pass. Averaging the last map
+        over its positions gives :meth:`features`."""
+        b = self.backbone
+        if not isinstance(b, torchvision.models.ResNet):
+            if any(s is not None for s in stages):
+                raise ValueError(f"only ResNets expose intermediate stages, not {type(b).__name__}")
+            return [b[0](x)] * len(stages)  # Sequential(features, pool, flatten)
+        wanted = [RESNET_STAGES[-1] if s is None else s for s in stages]
+        unknown = set(wanted) - set(RESNET_STAGES)
+        if unknown:
+            raise ValueError(f"stage must be one of {RESNET_STAGES} or None, not {sorted(unknown)}")
+        maps = {}
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        for name in RESNET_STAGES[: max(RESNET_STAGES.index(w) for w in wanted) + 1]:
+            x = maps[name] = getattr(b, name)(x)
+        return [maps[w] for w in wanted]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -57,16 +90,25 @@ def _build(name: str, pretrained: bool) -> nn.Module:
     if not pretrained:
         return builder(weights=None)
     weights = _imagenet_weights(name)
+    said = io.StringIO()  # torch.hub announces the download with the full cache path: say it without the home
     try:
-        return builder(weights=weights, progress=False)
+        with contextlib.redirect_stdout(said):
+            net = builder(weights=weights, progress=False)
+        sys.stdout.write(_without_home(said.getvalue()))
+        return net
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
-        folder = torch.hub.get_dir() + "/checkpoints"
+        folder = _without_home(torch.hub.get_dir() + "/checkpoints")
         file = weights.url.rsplit("/", 1)[-1]
         raise PretrainedWeightsUnavailable(
             f"ImageNet weights for {name} could not be downloaded ({type(e).__name__}: {e}). "
             f"On an offline machine, fetch {weights.url} elsewhere and put it at {folder}/{file}, "
             "or use pretrained=False."
         ) from None
+
+
+def _without_home(text: str) -> str:
+    """``text`` with the user's home folder written ``~`` (messages that end up in stored notebooks)."""
+    return text.replace(str(Path.home()), "~")
 
 
 def adapt_first_conv(
@@ -106,6 +148,7 @@ def create_model(
     stem: str | None = None,
     stem_stride: int = 1,
     dropout: float = 0.0,
+    last_stride: int = 2,
 ) -> FERNet:
     """A torchvision backbone adapted to FER input, with a linear head.
 
@@ -120,9 +163,13 @@ def create_model(
             small below 112 px. With pretrained ResNets the small stem keeps the pretrained 7x7 filters.
         stem_stride: stride of the small stem (1: full resolution; 2: a quarter of the cost).
         dropout: dropout before the head.
+        last_stride: stride of a ResNet's last stage (1 keeps its map at the size of the stage before, as
+            person re-identification and region methods do: 6x6 instead of 3x3 for 48 px with a stride-2 stem).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
+    if last_stride != 2 and not name.startswith(("resnet", "wide_resnet")):
+        raise ValueError(f"last_stride applies to ResNets only, not {name}")
     stem = stem or ("small" if input_size < 112 else "imagenet")
     if stem not in ("small", "imagenet"):
         raise ValueError(f"stem must be 'small' or 'imagenet', not {stem!r}")
@@ -134,6 +181,10 @@ def create_model(
         net.conv1 = adapt_first_conv(net.conv1, in_channels, stride=stem_stride if small else 2, kernel=kernel)
         if small:
             net.maxpool = nn.Identity()
+        if last_stride != 2:
+            for module in net.layer4[0].modules():  # the strided 3x3 convolution and the shortcut
+                if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+                    module.stride = (last_stride, last_stride)
         dim = net.fc.in_features
         net.fc = nn.Identity()
         backbone = net

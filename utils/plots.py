@@ -232,7 +232,7 @@ FLOOR_METHODS = ("random-init", "raw-pixels")
 
 
 def budget_curve(table, protocol: str = "linear", title: str = ""):
-    """Probe accuracy against pretraining time, from :func:`~utils.runs.probe_table`.
+    """Probe accuracy against pretraining time, from :func:`~utils.results.probe_table`.
 
     One series per method and variant: every run as a dot (seeds side by side), a line through the mean
     of the runs that differ only in their seed (one point per budget). The floors (random weights, raw pixels) are horizontal lines.

@@ -6,8 +6,10 @@ Shared by every self-supervised method (and usable on any backbone):
   monitors), cheap enough to run after every epoch;
 - :func:`linear_probe`: multinomial logistic regression on standardised frozen features, its inverse
   regularisation ``C`` chosen on the validation split;
-- :func:`floor_features`: the two floors every linear-probe table carries: the same backbone with random
-  weights (frozen), and raw pixels.
+- :func:`representation_metrics`: both, on every split, as a run records them.
+
+The two floors every linear-probe table carries (the same backbone with random weights, and raw pixels) are
+methods that do not train: :mod:`utils.methods.floors`.
 """
 
 from __future__ import annotations
@@ -108,35 +110,39 @@ def linear_probe(
     return {"C": c, "probs": probs, "accuracy_by_C": by_c, "seconds": time.perf_counter() - tic}
 
 
-def floor_features(
-    kind: str,
-    prepared,
-    channels: str,
-    backbone: str = "resnet18",
-    stem_stride: int = 2,
-    seed: int = 0,
-    device="cpu",
-    amp_dtype=None,
+def representation_metrics(
+    embed, prepared, channels: str, device, amp=None, knn_k: int = 20, probe: bool = True
 ) -> dict:
-    """Features of the two floors for each split: ``"random-init"`` (a frozen, randomly initialised backbone,
-    in eval mode) or ``"raw-pixels"`` (the input channels, flattened)."""
-    from .loader import channel_count, face_tensors
-    from .models import create_model
+    """kNN and linear-probe metrics of a frozen representation ``embed`` on every split besides train.
 
-    out = {}
-    model = None
-    if kind == "random-init":
-        torch.manual_seed(seed)
-        model = create_model(backbone, 0, channel_count(channels), stem_stride=stem_stride).to(device).eval()
-    elif kind != "raw-pixels":
-        raise ValueError(f"floor kind must be 'random-init' or 'raw-pixels', not {kind!r}")
+    Returns:
+        ``{"knn": {split: metrics}, "linear": {split: metrics, "C": chosen C, "accuracy_by_C": ...}}``.
+    """
+    from .loader import face_tensors
+
+    sets = {}
     for split in ("train", "val", "test"):
-        if not (prepared.splits == split).any():
-            continue
-        data = face_tensors(prepared, split, channels, device)
-        if model is None:
-            feats = data.x.flatten(1).float().div(255).cpu().numpy()
-        else:
-            feats = extract_features(model, data, amp_dtype=amp_dtype)
-        out[split] = (feats, data.y.cpu().numpy())
+        if (prepared.splits == split).any():
+            data = face_tensors(prepared, split, channels, device)
+            sets[split] = (extract_features(embed, data, amp_dtype=amp), data.y.cpu().numpy())
+    return probe_metrics(sets, prepared.classes, knn_k=knn_k, probe=probe)
+
+
+def probe_metrics(sets: dict, classes, knn_k: int = 20, probe: bool = True) -> dict:
+    """kNN and linear-probe metrics from features per split ``{split: (features, labels)}`` (train included)."""
+    from .evaluation import classification_metrics
+
+    train_x, train_y = sets["train"]
+    evals = {name: v for name, v in sets.items() if name != "train"}
+    out = {"knn": {}}
+    for name, (x, y) in evals.items():
+        scores = knn_scores(train_x, train_y, x, len(classes), k=knn_k)
+        out["knn"][name] = classification_metrics(y, scores, classes)
+    if probe:
+        result = linear_probe(train_x, train_y, evals, len(classes))
+        out["linear"] = {
+            name: classification_metrics(y, result["probs"][name], classes) for name, (x, y) in evals.items()
+        }
+        out["linear"]["C"] = result["C"]
+        out["linear"]["accuracy_by_C"] = {str(c): a for c, a in result["accuracy_by_C"].items()}
     return out

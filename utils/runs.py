@@ -1,22 +1,324 @@
-"""Run folders and their ``metrics.json`` records, the results every notebook writes and the results notebook reads.
+"""Runs: train any method, record it, find it again. The one place where run handling lives.
 
-A run lives in ``checkpoints/<name>-<hash>/`` where the hash is that of its full configuration: changing a
+A run lives in ``checkpoints/<name>-<hash>/`` where the hash is that of its full configuration (the method's
+config, the training config, the data and, for fine-tuning, the starting weights by content): changing a
 hyperparameter starts a new run instead of overwriting or wrongly reusing an old one, and rerunning a
-notebook with the same parameters finds the finished run and loads it.
+notebook with the same parameters finds the finished run and loads it. :func:`run` does, for every method::
+
+    hash -> load if finished -> resume if interrupted -> fit -> evaluate by kind -> write metrics.json
+
+and :func:`load_run` rebuilds a finished run's method, with its weights, from the folder alone.
+
+Files of a finished run: ``metrics.json`` (the record; written last, atomically: it marks the run finished),
+``model.pt`` (the method's state: every network, queue and bank), ``backbone.pt`` (the encoder alone, what
+fine-tuning starts from), ``best.pt`` / ``last.pt`` / ``log.csv`` (the engine's checkpoints and log).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed as dist_utils
+from . import methods
 from .cache import settings_key
-from .runtime import CHECKPOINT_DIR, versions
+from .engine import FitResult, TrainConfig, amp_dtype, config_dict, fit, load_checkpoint
+from .evaluation import evaluate_splits, predict
+from .loader import channel_count, face_tensors
+from .methods import InputSpec, Method, config_from_dict
+from .models import count_parameters
+from .probes import extract_features, knn_scores, representation_metrics
+from .runtime import CHECKPOINT_DIR, pick_device, seed_everything, versions
 
 METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.pt"
+BACKBONE_FILE = "backbone.pt"
+
+
+@dataclass
+class Run:
+    """A trained (or loaded) run: its folder, the method with its best weights, and its record."""
+
+    run_dir: Path
+    method: Method
+    record: dict
+    loaded: bool
+    fit: FitResult | None = None
+
+    @property
+    def history(self) -> list[dict]:
+        return self.record.get("history", [])
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.run_dir / BACKBONE_FILE
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The classifier of a classifier run (images to logits)."""
+        return self.method.classifier()
+
+    def evaluate(self, prepared, device=None) -> dict:
+        """The run's evaluations recomputed on ``prepared`` (what :func:`run` recorded, for the same data)."""
+        device = _device(device)
+        self.method.to(device)
+        amp = amp_dtype(device, self.record.get("config", {}).get("train", {}).get("amp", True))
+        return evaluate(self.method, prepared, device, amp, self.record.get("protocol", "supervised"))
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def run(
+    config,
+    prepared,
+    train: TrainConfig | None = None,
+    *,
+    name: str | None = None,
+    init: str | Path | None = None,
+    label: str | None = None,
+    protocol: str | None = None,
+    checkpoint_dir=None,
+    device=None,
+    force: bool = False,
+    progress: bool = True,
+    steps_per_epoch: int | None = None,
+    knn_monitor_size: int = 5000,
+) -> Run:
+    """Train the method that takes ``config`` on ``prepared``'s train split, evaluate it, record it.
+
+    The validation split selects the epoch kept (classifiers by accuracy, representations by a kNN monitor
+    on ``knn_monitor_size`` training images), never test. Classifiers are then evaluated by their
+    predictions on val and test (with and without the config's test-time augmentation); representations
+    by kNN and a linear probe on frozen features. Labels are used by nothing else in self-supervised runs.
+
+    Args:
+        config: a method's config dataclass (``MoCoConfig(...)``, ``SupervisedConfig(...)``, ...).
+        train: optimisation settings; default: the method's ``train_defaults``.
+        name: the run folder's prefix (default ``<method>-<dataset>``).
+        init: a ``backbone.pt`` to start the encoder from (fine-tuning); part of the configuration by content.
+        label, protocol: how the record names the method and the evaluation (a fine-tuned MoCo v2 backbone
+            is ``label="moco_v2", protocol="finetune"``).
+        force: train again even if a finished run exists.
+        steps_per_epoch: cap on steps per epoch (quick runs).
+
+    Under ``torchrun`` every process trains its share of each batch; the first one evaluates and writes
+    the run, the others wait for it.
+    """
+    cls = methods.for_config(config)
+    tc = train or TrainConfig(**cls.train_defaults)
+    device = _device(device)
+    if not (prepared.splits == "val").any():
+        raise ValueError(
+            f"{prepared.name} has no val split to select the epoch on; carve one from train with "
+            "utils.data.ensure_val_split before preparing (never select on test)"
+        )
+    label = label or cls.name
+    protocol = protocol or ("supervised" if cls.kind == "classifier" else "pretrain" if cls.trains else "floor")
+    setup = {
+        "method": cls.name,
+        **config_dict(model=config, train=_train_identity(cls, tc), data=data_record(prepared)),
+    }
+    if label != cls.name or protocol not in ("supervised", "pretrain", "floor"):
+        setup.update(label=label, protocol=protocol)
+    if init is not None:  # the starting weights are part of the configuration, by content
+        setup["init_sha1"] = hashlib.sha1(Path(init).read_bytes()).hexdigest()
+    folder = run_dir(name or f"{label}-{prepared.name}", setup, checkpoint_dir)
+    dist_utils.init_from_env(device.type)
+    main = dist_utils.is_main()
+
+    seed_everything(tc.seed, tc.deterministic)  # before the method: initial weights depend on the seed only
+    train_data = face_tensors(prepared, "train", config.channels, device)
+    spec = InputSpec(
+        in_channels=channel_count(config.channels),
+        image_channels=train_data.image_channels,
+        classes=tuple(prepared.classes),
+        input_size=int(prepared.images.shape[1]),
+        train_size=len(train_data),
+    )
+    method = cls(config, spec).to(device)
+    record = None if force else finished(folder)
+    if record is not None:
+        method.load_state_dict(load_checkpoint(folder / MODEL_FILE, map_location=device))
+        method.eval()
+        if progress and main:
+            print(f"loaded finished run {folder.name} (force=True retrains)")
+        return Run(folder, method, record, loaded=True)
+    if force and main:
+        for stale in ("last.pt", "best.pt", METRICS_FILE):
+            (folder / stale).unlink(missing_ok=True)
+    if init is not None:
+        method.load_encoder(load_checkpoint(Path(init), map_location=device), source=str(init))
+
+    facts = method.prepare(train_data, prepared, tc)
+    amp = amp_dtype(device, tc.amp)
+    tic = time.perf_counter()
+    result = None
+    if cls.trains:
+        method.check_sizes(len(train_data), tc.batch_size * dist_utils.world_size())
+        validate = _validator(method, prepared, train_data, config.channels, device, amp, tc.seed, knn_monitor_size)
+        result = fit(method, train_data, tc, folder, validate, progress=progress, steps_per_epoch=steps_per_epoch)
+        method.to(memory_format=torch.contiguous_format)  # evaluate as load_run will: the same kernels
+    method.eval()
+    record = {
+        "run": folder.name,
+        "method": label,
+        "protocol": protocol,
+        "variant": method.variant(),
+        "init": None if init is None else str(init),
+        "config": setup,
+        "spec": dataclasses.asdict(spec),
+        "dataset": setup["data"],
+        "seed": tc.seed if cls.seeded else None,
+        **_fit_summary(result, len(train_data)),
+        "parameters": count_parameters(method.encoder) if hasattr(method, "encoder") else 0,
+        "device": str(device),
+        "amp": str(amp),
+        **facts,
+    }
+    if main:
+        record["evaluations"] = evaluate(method, prepared, device, amp, protocol)
+        record["wall_seconds"] = round(time.perf_counter() - tic, 1)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(method.state_dict(), folder / MODEL_FILE)
+        if hasattr(method, "encoder"):
+            torch.save(method.encoder_state(), folder / BACKBONE_FILE)
+        write_record(folder, record)
+    dist_utils.barrier()
+    return Run(folder, method, finished(folder) or record, loaded=False, fit=result)
+
+
+def finetune(pretrained: Run, prepared, train: TrainConfig | None = None, tta: str | None = "flip", **kwargs) -> Run:
+    """Fine-tune a run's backbone with a new linear head: every weight trains (class-weighted cross-entropy
+    and early stopping on val by default). The record keeps the pretraining method's name, protocol
+    ``finetune``."""
+    from .methods.supervised import SupervisedConfig
+
+    encoder = pretrained.record["config"]["model"]
+    shared = {f.name: encoder[f.name] for f in dataclasses.fields(methods.EncoderConfig) if f.name in encoder}
+    train = train or TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+    return run(
+        SupervisedConfig(**shared, tta=tta),
+        prepared,
+        train,
+        name=f"finetune-{pretrained.run_dir.name}",
+        init=pretrained.backbone_path,
+        label=pretrained.record["method"],
+        protocol="finetune",
+        **kwargs,
+    )
+
+
+def load_run(folder, device=None) -> Run:
+    """A finished run rebuilt from its folder alone: the method (from the registry, its recorded config and
+    input description) with the weights of ``model.pt``, in eval mode, and its record."""
+    folder = Path(folder)
+    record = finished(folder)
+    if record is None:
+        raise FileNotFoundError(f"{folder}: no finished run here (no {METRICS_FILE} with status 'finished')")
+    if "spec" not in record or "method" not in record.get("config", {}):
+        raise ValueError(f"{folder / METRICS_FILE}: written by an older version of the suite; rerun it to load it")
+    cls = methods.get(record["config"]["method"])
+    config = config_from_dict(cls.Config, record["config"]["model"])
+    spec = config_from_dict(InputSpec, record["spec"])
+    device = _device(device)
+    method = cls(config, spec).to(device)
+    method.load_state_dict(load_checkpoint(folder / MODEL_FILE, map_location=device))
+    method.eval()
+    return Run(folder, method, record, loaded=True)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate(method: Method, prepared, device, amp, protocol: str) -> dict:
+    """A method's evaluations on every split besides train, by kind: a classifier's predictions under
+    ``protocol`` (and ``protocol+<tta>``), a representation's kNN and linear probe."""
+    channels = method.config.channels
+    if method.kind == "classifier":
+        model = method.classifier()
+        out = {protocol: evaluate_splits(model, prepared, channels, ("val", "test"), device, None, amp)}
+        tta = getattr(method.config, "tta", None)
+        if tta:
+            out[f"{protocol}+{tta}"] = evaluate_splits(model, prepared, channels, ("val", "test"), device, tta, amp)
+        return out
+    return representation_metrics(method.embed, prepared, channels, device, amp)
+
+
+def _validator(method, prepared, train, channels, device, amp, seed: int, monitor_size: int):
+    """The engine's per-epoch validation: accuracy for classifiers, a kNN monitor for representations."""
+    val = face_tensors(prepared, "val", channels, device)
+    if method.kind == "classifier":
+
+        def validate(m):
+            probs = torch.from_numpy(predict(m.classifier(), val, amp_dtype=amp))
+            y = val.y.cpu()
+            accuracy = float((probs.argmax(1) == y).float().mean())
+            return {"score": accuracy, "accuracy": accuracy, "loss": float(F.nll_loss(probs.clamp_min(1e-8).log(), y))}
+
+        return validate
+    rows = np.sort(np.random.default_rng(seed).permutation(len(train))[:monitor_size])
+    monitor = train.subset(rows)
+
+    def validate(m):
+        bank = extract_features(m.embed, monitor, amp_dtype=amp)
+        scores = knn_scores(
+            bank, monitor.y.cpu().numpy(), extract_features(m.embed, val, amp_dtype=amp), len(m.spec.classes)
+        )
+        accuracy = float((scores.argmax(1) == val.y.cpu().numpy()).mean())
+        return {"score": accuracy, "knn_accuracy": accuracy}
+
+    return validate
+
+
+def _fit_summary(result: FitResult | None, train_size: int) -> dict:
+    if result is None:
+        return {"epochs_run": 0, "best_epoch": None, "stop_reason": "not trained", "train_seconds": 0.0, "history": []}
+    return {
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch + 1,
+        "stop_reason": result.stop_reason,
+        "train_seconds": round(result.train_seconds, 1),
+        "images_per_second": round(result.epochs_run * train_size / max(result.train_seconds, 1e-9), 1),
+        "history": result.history,
+    }
+
+
+def _train_identity(cls, tc: TrainConfig):
+    """The training settings that identify a run: all of them, the seed alone for untrained methods, nothing
+    for methods with no randomness."""
+    if cls.trains:
+        return tc
+    return {"seed": tc.seed} if cls.seeded else {}
+
+
+def _device(device):
+    return device if isinstance(device, torch.device) else pick_device(device)
+
+
+def data_record(prepared) -> dict:
+    """What identifies the training data in a run's configuration and record."""
+    sizes = {s: int((prepared.splits == s).sum()) for s in dict.fromkeys(prepared.splits)}
+    return {
+        "name": prepared.name,
+        "classes": list(prepared.classes),
+        "split_sizes": sizes,
+        "faces": dataclasses.asdict(prepared.config),
+    }
+
+
+# -------------------------------------------------------------------------------------------- records
 
 
 def run_dir(name: str, config: dict, root=None) -> Path:
@@ -64,89 +366,3 @@ def load_records(root=None) -> list[dict]:
         if record is not None:
             out.append({"run_dir": path.parent.name, **record})
     return out
-
-
-def describe(record: dict) -> dict:
-    """What tells two runs of one method apart in a table: ``variant`` (HNCL's neighbour space and k), ``seed``,
-    ``epochs`` (epochs trained) and ``setting``, a digest of the whole configuration except its seeds (runs
-    with the same setting differ only in their seed)."""
-    config = record.get("config", {})
-    neighbours = config.get("model", {}).get("neighbours") or record.get("neighbours")
-    uses_neighbours = record.get("method") == "hncl"  # MoCo v2's config carries the (ignored) defaults too
-    variant = f"{neighbours['space']} k={neighbours['k']}" if neighbours and uses_neighbours else ""
-    return {
-        "variant": variant,
-        "seed": record.get("seed", config.get("seed")),
-        "epochs": record.get("epochs_run"),
-        "setting": settings_key({"method": record.get("method"), "config": _without_seeds(config)})[:8],
-    }
-
-
-def _without_seeds(settings):
-    if isinstance(settings, dict):
-        return {k: _without_seeds(v) for k, v in settings.items() if k != "seed"}
-    return settings
-
-
-def summary_table(records: list[dict], split: str = "val"):
-    """One row per run and evaluation protocol: accuracy, balanced accuracy, macro-F1 on ``split``."""
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        for protocol, by_split in r.get("evaluations", {}).items():
-            m = by_split.get(split)
-            if m is None:
-                continue
-            rows.append(
-                {
-                    "run": r["run_dir"],
-                    "method": r.get("method"),
-                    **describe(r),
-                    "protocol": protocol,
-                    "dataset": r.get("dataset", {}).get("name"),
-                    "backbone": r.get("config", {}).get("model", {}).get("backbone"),
-                    "channels": r.get("config", {}).get("model", {}).get("channels"),
-                    "accuracy": m["accuracy"],
-                    "balanced_accuracy": m["balanced_accuracy"],
-                    "macro_f1": m["macro_f1"],
-                    "n": m["n"],
-                    "train_minutes": round(r.get("train_seconds", 0) / 60, 1),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def probe_table(records: list[dict], split: str = "val", protocols=("linear", "knn")):
-    """Representation evaluations side by side: one row per run, accuracy and macro-F1 per protocol."""
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        evaluations = r.get("evaluations", {})
-        row = {"run": r.get("run_dir", r.get("run")), "method": r.get("method"), **describe(r)}
-        for protocol in protocols:
-            m = evaluations.get(protocol, {}).get(split)
-            if m is not None:
-                row[f"{protocol}_accuracy"] = m["accuracy"]
-                row[f"{protocol}_macro_f1"] = m["macro_f1"]
-        row["pretrain_minutes"] = round(r.get("train_seconds", 0) / 60, 1)
-        rows.append(row)
-    columns = ["run", "method", "variant", "seed", "epochs", "setting"]
-    columns += [f"{p}_{m}" for p in protocols for m in ("accuracy", "macro_f1")] + ["pretrain_minutes"]
-    return pd.DataFrame(rows, columns=columns)  # the same columns whichever protocols the runs have
-
-
-def over_seeds(table, by=("method", "variant", "epochs", "setting")):
-    """Runs that differ only in their seed (same ``setting``), pooled: per group of ``by``, the mean of every
-    numeric column, its standard deviation across seeds (``<column>_std``, NaN for a single seed) and
-    ``seeds``, the count."""
-    import pandas as pd
-
-    by = [c for c in by if c in table.columns]
-    numeric = [c for c in table.select_dtypes("number").columns if c not in (*by, "seed")]
-    grouped = table.groupby(by, dropna=False, sort=False)[numeric]
-    out = grouped.mean().join(grouped.std().add_suffix("_std"))
-    out["seeds"] = table.groupby(by, dropna=False, sort=False).size()
-    ordered = [c for pair in zip(numeric, [f"{c}_std" for c in numeric]) for c in pair]
-    return pd.DataFrame(out[[*ordered, "seeds"]]).reset_index()

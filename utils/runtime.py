@@ -1,7 +1,9 @@
 """Where the suite runs: repository paths, quick mode, device, seeds and versions.
 
-Every notebook's first code cell calls :func:`setup`, which prints what a bug report needs (versions,
-device) and returns the paths the notebook uses.
+Every notebook's first code cell finds the repository and calls :func:`enter_repository` (on Colab it also
+installs what Colab lacks); its imports cell calls :func:`setup`, which prints what a bug report needs
+(versions, device) and returns the paths the notebook uses; in quick mode :func:`quick_settings` swaps in
+tiny settings and prints each one it changes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ SAMPLE_DIR = DATA_DIR / "sample"
 def quick_mode() -> bool:
     """True when ``FER_QUICK`` is set to a true value: notebooks then run on the bundled sample, tiny."""
     return os.environ.get("FER_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def show_progress(requested: bool = True) -> bool:
+    """Whether to draw progress bars: as ``requested``, unless ``TQDM_DISABLE`` is set (stored notebooks are
+    executed with it, so that a reader does not see bars frozen where the executing machine left them)."""
+    return requested and os.environ.get("TQDM_DISABLE", "").strip().lower() in ("", "0", "false", "no")
 
 
 def pick_device(preferred: str | None = None):
@@ -68,6 +76,45 @@ def versions() -> dict[str, str]:
     return out
 
 
+COLAB_PACKAGES = {"dlib": "dlib-bin", "face_recognition_models": "face-recognition-models"}
+"""What Colab lacks (it has torch, OpenCV, scikit-learn, pandas): dlib and its 68-point landmark model."""
+
+
+def enter_repository() -> Path:
+    """Make the repository the working folder and importable, and on Colab install what it lacks. Safe to
+    call again. Returns the repository root."""
+    import importlib.util
+    import subprocess
+
+    os.chdir(REPO_ROOT)
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    if "google.colab" in sys.modules:
+        missing = [pkg for module, pkg in COLAB_PACKAGES.items() if importlib.util.find_spec(module) is None]
+        if missing:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+    return REPO_ROOT
+
+
+def quick_settings(namespace: dict, **values) -> dict:
+    """Quick mode: set each ``NAME=value`` in ``namespace`` (a notebook's ``globals()``) and print what changed,
+    so that a reader sees which parameters the run did not use. Returns ``{name: (old, new)}``."""
+    changed = {}
+    for name, new in values.items():
+        if name not in namespace:
+            raise KeyError(f"{name} is not a parameter of this notebook")
+        old = namespace[name]
+        if old != new:
+            changed[name] = (old, new)
+        namespace[name] = new
+    if changed:
+        print(
+            "quick mode (bundled sample, tiny settings) changes: "
+            + ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changed.items())
+        )
+    return changed
+
+
 @dataclass
 class Session:
     """What :func:`setup` found: the repository paths, the device and whether quick mode is on."""
@@ -89,5 +136,5 @@ def setup(seed: int = 0, device: str | None = None, verbose: bool = True) -> Ses
         info = versions()
         print("  ".join(f"{k} {v}" for k, v in info.items() if k != "platform"))
         mode = "QUICK (bundled sample, tiny settings)" if session.quick else "full"
-        print(f"device: {dev}   mode: {mode}   repo: {REPO_ROOT}")
+        print(f"device: {dev}   mode: {mode}")
     return session

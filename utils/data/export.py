@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..labels import EMOTIONS
+from ..runtime import show_progress
 from .base import FaceDataset
 
 _DONE = ".export-complete"
@@ -41,7 +42,7 @@ def export_image_folders(dataset: FaceDataset, folder, overwrite: bool = False, 
             (partial / split / name).mkdir(parents=True, exist_ok=True)
     width = len(str(len(dataset)))
     table = dataset.table
-    for i in tqdm(range(len(dataset)), desc=f"exporting {dataset.name}", disable=not progress, mininterval=1.0):
+    for i in tqdm(range(len(dataset)), desc=f"exporting {dataset.name}", disable=not show_progress(progress), mininterval=1.0):
         split, label = table.at[i, "split"], table.at[i, "label"]
         stem = Path(table.at[i, "path"]).stem if "path" in table else f"{i:0{width}d}"
         image = dataset.image(i)

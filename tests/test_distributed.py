@@ -1,4 +1,4 @@
-"""MoCo under ``torchrun`` with two CPU processes (gloo): a shared queue in rank order, and DDP training.
+"""MoCo v2 under ``torchrun`` with two CPU processes (gloo): a shared queue in rank order, and DDP training.
 
 One ``torchrun`` launch runs a worker script (written into ``tmp_path``) that checks, in each process:
 
@@ -32,19 +32,21 @@ import torch
 from utils import distributed as dist_utils
 from utils.engine import TrainConfig, fit
 from utils.loader import FaceTensors
-from utils.ssl import SSLConfig, build_method
+from utils.methods import InputSpec
+from utils.methods.moco import MoCo, MoCoConfig
 
 out = sys.argv[1]
 assert dist_utils.init_from_env("cpu"), "not launched by torchrun?"
 rank, world = dist_utils.rank(), dist_utils.world_size()
-config = SSLConfig(backbone="resnet18", stem_stride=4, queue_size=32, hidden=32, dim=8, key_bn_splits=2)
+config = MoCoConfig(backbone="resnet18", stem_stride=4, queue_size=32, hidden=32, dim=8, key_bn_splits=2)
+spec = InputSpec(1, 1, ("a", "b"), 48, 96)
 batch = 8
 
 gathered = dist_utils.gather(torch.arange(3) + 10 * rank)
 
 torch.manual_seed(0)  # the same initial weights (and initial queue) in every process
-method = build_method(config, 1, 1)
-initial = {name: p.detach().clone() for name, p in method.encoder_q.named_parameters()}
+method = MoCo(config, spec)
+initial = {name: p.detach().clone() for name, p in method.encoder.named_parameters()}
 seen = {}
 encode_keys = method.keys
 
@@ -62,7 +64,7 @@ loss.backward()
 
 # DDP training: each process takes its half of every global batch, gradients are averaged
 torch.manual_seed(0)
-trained = build_method(config, 1, 1)
+trained = MoCo(config, spec)
 images = torch.randint(0, 256, (96, 1, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
 data = FaceTensors(images, torch.zeros(96, dtype=torch.long))
 trained.check_sizes(len(data), batch * world)
@@ -149,7 +151,7 @@ def test_ddp_training_keeps_the_processes_in_step(ranks):
     for name, p in zero["trained_params"].items():
         assert torch.equal(p, one["trained_params"][name]), name  # query and key encoders, heads, predictor
     trained = zero["trained_params"]
-    assert any(not torch.equal(trained[f"encoder_q.{name}"], p) for name, p in zero["initial"].items())  # it trained
+    assert any(not torch.equal(trained[f"encoder.{name}"], p) for name, p in zero["initial"].items())  # it trained
     assert torch.equal(zero["trained_queue"], one["trained_queue"])
     assert torch.equal(zero["trained_queue_rows"], one["trained_queue_rows"])
     rows = zero["trained_queue_rows"]

@@ -1,0 +1,48 @@
+"""The methods of the suite, one file each, found by name.
+
+>>> from utils import methods
+>>> sorted(methods.names())                                      # doctest: +SKIP
+['byol', 'fra', 'hncl', 'moco_v2', 'random-init', 'raw-pixels', 'supervised']
+>>> methods.get("byol").Config().projector_dim                   # doctest: +SKIP
+256
+
+Every module of this package is imported on the first lookup, so a new method file registers itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import _REGISTRY, EncoderConfig, InputSpec, Method, config_from_dict, register
+
+__all__ = ["EncoderConfig", "InputSpec", "Method", "config_from_dict", "for_config", "get", "names", "register"]
+
+
+def _discover() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def names() -> list[str]:
+    """The registered method names."""
+    _discover()
+    return list(_REGISTRY)
+
+
+def get(name: str) -> type[Method]:
+    """The :class:`Method` subclass registered as ``name``."""
+    _discover()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; the suite has {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def for_config(config) -> type[Method]:
+    """The method whose config class is exactly ``type(config)``."""
+    _discover()
+    found = [cls for cls in _REGISTRY.values() if type(config) is cls.Config]
+    if len(found) != 1:
+        raise ValueError(f"no single method takes a {type(config).__name__} (found {[c.name for c in found]})")
+    return found[0]
