@@ -147,22 +147,83 @@ def test_class_weights_are_balanced():
     assert torch.allclose(w, torch.tensor([6 / 12, 6 / 4, 6 / 8, 0.0]))
 
 
-def test_time_budget_never_starts_an_epoch_that_would_overrun(tmp_path, monkeypatch):
+class Clock:
+    """A fake ``time.perf_counter`` that advances only when a training step runs (``seconds`` per step)."""
+
+    def __init__(self, seconds=1.0):
+        self.t, self.seconds = 0.0, seconds
+
+    def __call__(self):
+        return self.t
+
+
+def clocked_method(clock):
+    method = make_method()
+    forward = method.forward
+
+    def step(x, y, rows, generator):
+        clock.t += clock.seconds
+        return forward(x, y, rows, generator)
+
+    method.forward = step
+    return method
+
+
+def test_a_time_budget_fits_the_schedule_to_the_measured_speed(monkeypatch):
+    """1 s per step and a 1-minute budget: 60 steps in all, whatever EPOCHS says, ending with the schedule."""
     import utils.engine as engine
 
-    clock = {"t": 0.0}
+    clock = Clock(1.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    config = TrainConfig(epochs=50, batch_size=16, amp=False, max_minutes=1.0, warmup_epochs=0)  # 6 steps/epoch
+    result = fit(clocked_method(clock), toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
+    assert result.seconds_per_step == pytest.approx(1.0)
+    assert result.total_steps == 60 and sum(h["steps"] for h in result.history) == 60
+    assert result.epochs_run == 10 and result.train_seconds == pytest.approx(60.0)
+    assert result.stop_reason == "schedule done"
+    assert result.history[-1]["lr"] < 0.01 * config.lr  # the cosine reached its end at the budget
 
-    def fake_perf_counter():  # every call advances 5 s: an epoch "takes" a fixed number of seconds
-        clock["t"] += 5.0
-        return clock["t"]
 
-    monkeypatch.setattr(engine.time, "perf_counter", fake_perf_counter)
-    config = TrainConfig(epochs=50, batch_size=32, amp=False, max_minutes=1.0)
-    result = fit(make_method(), toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
-    per_epoch = result.train_seconds / result.epochs_run
-    assert result.train_seconds <= 60  # within the budget
-    assert result.train_seconds + per_epoch > 60  # and one more epoch would not have fitted
-    assert "time budget" in result.stop_reason
+def test_the_schedule_follows_a_slowdown_between_epochs(monkeypatch, tmp_path):
+    """Fitted at 1 s per step, then every step takes 3 s: after each epoch the rest of the schedule is fitted
+    again, and the run still ends with its schedule exactly at the budget."""
+    import utils.engine as engine
+
+    clock = Clock(1.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    config = TrainConfig(epochs=50, batch_size=16, amp=False, max_minutes=1.0, warmup_epochs=0)
+
+    def slow_down(m):
+        clock.seconds = 3.0  # after the first epoch
+        return {"score": 0.0}
+
+    result = fit(clocked_method(clock), toy_data(), config, tmp_path, slow_down, progress=False)
+    assert result.train_seconds == pytest.approx(60.0) and result.stop_reason == "schedule done"
+    assert result.total_steps == 6 + (60 - 6) // 3  # 6 steps at 1 s, then as many as fit at 3 s
+    assert sum(h["steps"] for h in result.history) == result.total_steps
+    assert load_checkpoint(tmp_path / "last.pt")["total_steps"] == result.total_steps  # a resume keeps it
+
+
+def test_a_slowdown_within_an_epoch_stops_at_the_budget(monkeypatch):
+    import utils.engine as engine
+
+    clock = Clock(1.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    method = clocked_method(clock)
+    forward, steps = method.forward, {"n": 0}
+
+    def slower_and_slower(x, y, rows, generator):
+        steps["n"] += 1
+        if steps["n"] > 40:  # in the middle of an epoch: too late to re-fit
+            clock.seconds = 5.0
+        return forward(x, y, rows, generator)
+
+    method.forward = slower_and_slower
+    config = TrainConfig(epochs=50, batch_size=16, amp=False, max_minutes=1.0, warmup_epochs=0)
+    result = fit(method, toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
+    assert 60 <= result.train_seconds <= 60 + 5  # stopped by the step that crossed the budget
+    assert "before the schedule ended" in result.stop_reason
+    assert sum(h["steps"] for h in result.history) < result.total_steps
 
 
 def test_epoch_logs_are_means_over_the_batches_trained(tmp_path):

@@ -14,9 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.data import load_dataset_or_sample
 from utils.engine import TrainConfig, fit
-from utils.faces import FaceConfig, prepare
 from utils.loader import face_tensors
 from utils.losses import info_nce, multi_positive_info_nce
 from utils.methods import InputSpec
@@ -48,12 +46,6 @@ def hncl(neighbours=None, seed=0, **settings):
 
 def unit(*shape, seed=0):
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
-    return prepare(ds, FaceConfig(), cache_dir=tmp_path_factory.mktemp("cache"), workers=1, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------- MoCo

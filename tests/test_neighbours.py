@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.data import load_dataset_or_sample
-from utils.faces import FaceConfig, landmark_heatmaps, prepare
+from utils.faces import landmark_heatmaps
 from utils.neighbours import (
     NeighbourConfig,
     build_index,
@@ -133,12 +132,6 @@ def test_label_agreement_by_hand():
     assert out["agreement"] == pytest.approx(6 / 12)
     assert out["chance"] == pytest.approx((2 / 6) ** 2 + (3 / 6) ** 2 + (1 / 6) ** 2)
     assert out["per_class"] == pytest.approx({0: 3 / 4, 1: 3 / 6, 2: 0.0})
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
-    return prepare(ds, FaceConfig(), cache_dir=tmp_path_factory.mktemp("cache"), workers=1, progress=False)
 
 
 def test_build_index_is_cached(sample, tmp_path):

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from utils import runs
-from utils.data import load_dataset_or_sample
-from utils.faces import FaceConfig, prepare
 from utils.loader import face_tensors
 from utils.methods import EncoderConfig, InputSpec
 from utils.methods.floors import RandomInit, RandomInitConfig, RawPixels, RawPixelsConfig, floors
@@ -104,12 +102,6 @@ def test_linear_probe_needs_the_selection_split():
 
 
 # -------------------------------------------------------------------------------------------- floors
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
-    return prepare(ds, FaceConfig(), cache_dir=tmp_path_factory.mktemp("cache"), workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 from utils import methods, runs
-from utils.data import load_dataset_or_sample
 from utils.engine import TrainConfig
-from utils.faces import FaceConfig, prepare
 from utils.methods.floors import RandomInitConfig, RawPixelsConfig
 from utils.methods.hncl import HNCLConfig
 from utils.methods.moco import MoCoConfig
@@ -48,17 +46,6 @@ for folder in folders:
     out[folder] = {"method": type(run.method).__name__, "evaluations": run.evaluate(prepared, device="cpu")}
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def sample(cache):
-    ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
-    return prepare(ds, FaceConfig(), cache_dir=cache, workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +107,10 @@ def test_a_finished_run_is_loaded_not_trained_again(sample, finished_runs, monke
 
 
 @pytest.mark.slow
-def test_load_run_in_a_fresh_process_reproduces_the_recorded_metrics(cache, finished_runs):
+def test_load_run_in_a_fresh_process_reproduces_the_recorded_metrics(sample_cache, finished_runs):
     folders = {name: str(run.run_dir) for name, run in finished_runs.items()}
     done = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, str(cache), *folders.values()],
+        [sys.executable, "-c", FRESH_PROCESS, str(sample_cache), *folders.values()],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

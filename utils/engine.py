@@ -58,8 +58,11 @@ class TrainConfig:
         amp: mixed precision where the device supports it.
         seed: seeds the initial weights, batch order and augmentation.
         deterministic: ask PyTorch for deterministic kernels (slower; used by the resume test).
-        max_minutes: training-time budget: no epoch starts that would end past it, judged by the mean
-            epoch time so far (None: no limit).
+        max_minutes: training-time budget (validation not counted). The run times its first steps and fits
+            its schedule to the budget: as many steps as fit (at most ``epochs`` epochs; the last epoch may be
+            partial), so warm-up and decay end at the budget on whatever machine it runs; after every epoch
+            the rest of the schedule is fitted again to that epoch's speed. Training stops if a slowdown within
+            an epoch would overrun the budget (None: no limit, ``epochs`` epochs).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         channels_last: keep convolution weights in channels-last memory order on CPU and CUDA (ResNet-18 on
             48x48 faces trains about 1.25x faster on a CPU with bfloat16: the same computation, other kernels).
@@ -185,6 +188,9 @@ class FitResult:
     train_seconds: float = 0.0
     stop_reason: str = ""
     resumed_from_epoch: int | None = None
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    seconds_per_step: float | None = None  # measured to fit the schedule to the time budget
 
 
 def fit(
@@ -230,7 +236,9 @@ def fit(
         seed=config.seed,
     )
     steps = min(len(loader), steps_per_epoch or len(loader))
-    total_steps = steps * config.epochs
+    total_steps = steps * config.epochs  # fitted to max_minutes after the first steps
+    budget = None if config.max_minutes is None else 60 * config.max_minutes
+    fitted = budget is None
     warmup = int(round(config.warmup_epochs * steps))
     optimizer = make_optimizer(method.param_groups(config.weight_decay), config)
     dtype = amp_dtype(device, config.amp)
@@ -255,6 +263,8 @@ def fit(
         result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
         result.train_seconds = state["train_seconds"]
         result.resumed_from_epoch = state["epoch"]
+        total_steps, fitted = state.get("total_steps", total_steps), state.get("fitted", fitted)
+        result.seconds_per_step = state.get("seconds_per_step")
         if main and progress:
             print(f"resuming {run_dir.name} after epoch {state['epoch'] + 1}/{config.epochs}")
 
@@ -269,13 +279,12 @@ def fit(
         initial=start_epoch,
         total=config.epochs,
     )
-    result.stop_reason = "epochs done"
+    result.stop_reason = "schedule done"
+    calibration = min(steps, CALIBRATION_STEPS)  # steps timed before the schedule is fitted to the budget
+    out_of_time = False
     for epoch in epochs_bar:
-        if config.max_minutes is not None and result.history:
-            per_epoch = result.train_seconds / len(result.history)
-            if result.train_seconds + per_epoch > 60 * config.max_minutes:  # the next epoch would not fit
-                result.stop_reason = f"time budget of {config.max_minutes} min reached"
-                break
+        if step >= total_steps or out_of_time:
+            break
         tic = time.perf_counter()
         method.train()
         loader.set_epoch(epoch)
@@ -283,12 +292,19 @@ def fit(
         augment_gen = epoch_generator(config.seed + 7919 * (dist_utils.rank() + 1), epoch, device)
         sums: dict[str, float] = {}
         done = 0  # batches trained this epoch
+        epoch_steps = min(steps, total_steps - step)
         batches = tqdm(
-            loader, total=steps, leave=False, desc=f"epoch {epoch + 1}", disable=not show_progress(progress and main)
+            loader,
+            total=epoch_steps,
+            leave=False,
+            desc=f"epoch {epoch + 1}",
+            disable=not show_progress(progress and main),
         )
         for b, (x, y, rows) in enumerate(batches):
-            if b >= steps:
+            if b >= epoch_steps:
                 break
+            if b == 1 and not fitted:
+                timer = (time.perf_counter(), step)  # after one step: the first is slower (allocations)
             share = len(x) // dist_utils.world_size()  # under torchrun each process takes its share
             mine = slice(dist_utils.rank() * share, (dist_utils.rank() + 1) * share)
             x, y, rows = x[mine], y[mine], rows[mine]
@@ -314,9 +330,23 @@ def fit(
             done += 1
             if b % 10 == 0:
                 batches.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.3g}")
+            elapsed = result.train_seconds + time.perf_counter() - tic
+            if not fitted and (b + 1 == calibration or b + 1 == epoch_steps) and b >= 1:
+                result.seconds_per_step = (time.perf_counter() - timer[0]) / (step - timer[1])
+                total_steps = _fit_schedule(step, total_steps, budget - elapsed, result.seconds_per_step)
+                epoch_steps, fitted = min(steps, total_steps - (step - done)), True
+                epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
+            if budget is not None and _agree(elapsed >= budget) and step < total_steps:
+                out_of_time = True  # slower than measured: stop rather than overrun
+                result.stop_reason = f"time budget of {config.max_minutes} min reached before the schedule ended"
+                break
         train_time = time.perf_counter() - tic
         result.train_seconds += train_time
-        row = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
+        if budget is not None and fitted and not out_of_time and done and step < total_steps:
+            # re-fit the rest of the schedule to this epoch's speed (machines slow down and speed up)
+            result.seconds_per_step = train_time / done
+            total_steps = _fit_schedule(step, steps * config.epochs, budget - result.train_seconds, train_time / done)
+        row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         method.eval()
         scores = validate(method) if validate is not None else {"score": float(epoch)}
         row.update({f"val_{k}": float(v) for k, v in scores.items()})
@@ -344,6 +374,9 @@ def fit(
                     "best_epoch": result.best_epoch,
                     "best_score": result.best_score,
                     "train_seconds": result.train_seconds,
+                    "total_steps": total_steps,
+                    "fitted": fitted,
+                    "seconds_per_step": result.seconds_per_step,
                     "rng": _rng_state(),
                 },
                 last,
@@ -356,10 +389,29 @@ def fit(
             break
     epochs_bar.close()
     result.epochs_run = len(result.history)
+    result.total_steps, result.steps_per_epoch = total_steps, steps
     if run_dir is not None and (run_dir / "best.pt").is_file():
         method.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
     method.eval()
     return result
+
+
+CALIBRATION_STEPS = 12  # steps of the first epoch timed to fit the schedule to a time budget
+
+
+def _fit_schedule(step: int, planned: int, seconds_left: float, seconds_per_step: float) -> int:
+    """The total steps that fit: those done plus what the time left allows at the measured rate, at most the
+    planned number, at least one more (every process gets the same answer under torchrun)."""
+    fits = step + int(max(0.0, seconds_left) / seconds_per_step)
+    total = torch.tensor([max(step + 1, min(planned, fits))], dtype=torch.long)
+    return int(dist_utils.broadcast_(total)[0])
+
+
+def _agree(flag: bool) -> bool:
+    """``flag`` as the first process sees it, on every process (a decision to stop must be the same)."""
+    if not dist_utils.is_distributed():
+        return flag
+    return bool(dist_utils.broadcast_(torch.tensor([int(flag)]))[0])
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

@@ -21,7 +21,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from .loader import channel_count, face_tensors
 from .methods import InputSpec, Method, config_from_dict
 from .models import count_parameters
 from .probes import extract_features, knn_scores, representation_metrics
-from .runtime import CHECKPOINT_DIR, pick_device, seed_everything, versions
+from .runtime import CHECKPOINT_DIR, machine, pick_device, seed_everything, versions
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
@@ -181,7 +180,7 @@ def run(
         "spec": dataclasses.asdict(spec),
         "dataset": setup["data"],
         "seed": tc.seed if cls.seeded else None,
-        **_fit_summary(result, len(train_data)),
+        **_fit_summary(result, tc.batch_size * dist_utils.world_size()),
         "parameters": count_parameters(method.encoder) if hasattr(method, "encoder") else 0,
         "device": str(device),
         "amp": str(amp),
@@ -282,7 +281,7 @@ def _validator(method, prepared, train, channels, device, amp, seed: int, monito
     return validate
 
 
-def _fit_summary(result: FitResult | None, train_size: int) -> dict:
+def _fit_summary(result: FitResult | None, batch: int) -> dict:
     if result is None:
         return {"epochs_run": 0, "best_epoch": None, "stop_reason": "not trained", "train_seconds": 0.0, "history": []}
     return {
@@ -290,7 +289,14 @@ def _fit_summary(result: FitResult | None, train_size: int) -> dict:
         "best_epoch": result.best_epoch + 1,
         "stop_reason": result.stop_reason,
         "train_seconds": round(result.train_seconds, 1),
-        "images_per_second": round(result.epochs_run * train_size / max(result.train_seconds, 1e-9), 1),
+        "images_per_second": round(
+            sum(h.get("steps", 0) for h in result.history) * batch / max(result.train_seconds, 1e-9), 1
+        ),
+        "schedule": {
+            "total_steps": result.total_steps,
+            "epochs": round(result.total_steps / max(result.steps_per_epoch, 1), 2),
+            "seconds_per_step": result.seconds_per_step,
+        },
         "history": result.history,
     }
 
@@ -347,7 +353,7 @@ def write_record(folder, record: dict) -> Path:
         "status": "finished",
         **record,
         "versions": versions(),
-        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "processor": platform.processor()},
+        "machine": machine(),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path = folder / METRICS_FILE

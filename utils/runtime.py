@@ -115,6 +115,33 @@ def quick_settings(namespace: dict, **values) -> dict:
     return changed
 
 
+def machine() -> dict:
+    """What a run ran on, for its record: CPU model and count, whether the CPU computes bfloat16 natively
+    (AMX or AVX512-BF16: mixed precision is fast there, and emulated, slow, elsewhere), and the GPU."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    bf16 = (
+        "amx"
+        if torch.cpu._is_amx_tile_supported()
+        else "avx512_bf16"
+        if torch.cpu._is_avx512_bf16_supported()
+        else None
+    )
+    return {
+        "node": platform.node(),
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "cpu_bf16": bf16,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 @dataclass
 class Session:
     """What :func:`setup` found: the repository paths, the device and whether quick mode is on."""
