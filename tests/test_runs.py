@@ -12,6 +12,7 @@ import pytest
 
 from utils import methods, runs
 from utils.engine import TrainConfig
+from utils.methods.byol import BYOLConfig
 from utils.methods.floors import RandomInitConfig, RawPixelsConfig
 from utils.methods.hncl import HNCLConfig
 from utils.methods.moco import MoCoConfig
@@ -27,6 +28,7 @@ CONFIGS = {
     "supervised": SupervisedConfig(stem_stride=4, tta="flip"),
     "moco_v2": MoCoConfig(**SSL),
     "hncl": HNCLConfig(**SSL, neighbours=NeighbourConfig(k=3)),
+    "byol": BYOLConfig(stem_stride=4, projector_hidden=64, projector_dim=32, predictor_hidden=64),
     "random-init": RandomInitConfig(stem_stride=4),
     "raw-pixels": RawPixelsConfig(),
 }
@@ -64,7 +66,7 @@ def finished_runs(sample, tmp_path_factory):
 
 
 def test_every_method_file_registers_its_method():
-    assert {"supervised", "moco_v2", "hncl", "random-init", "raw-pixels"} <= set(methods.names())
+    assert {"supervised", "moco_v2", "hncl", "byol", "random-init", "raw-pixels"} <= set(methods.names())
     for name in methods.names():
         cls = methods.get(name)
         assert cls.name == name and methods.for_config(cls.Config()) is cls

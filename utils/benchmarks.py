@@ -5,9 +5,12 @@
                 ``ImageFolder`` + PIL-transforms ``DataLoader`` (the seed project's pipeline) on the same
                 images (notebook 01's export), alternating, in one process.
 ``neighbours``  the heatmap-neighbour index: wall time at several dataset sizes.
-``pretrain``    MoCo v2 pretraining images per second: the suite (as :func:`~utils.engine.fit` runs it) against
-                the same method built from the ``lightly`` package (``pip install lightly``) as its
-                documentation builds it, same backbone, batch, input and mixed precision.
+``pretrain``    MoCo v2 or BYOL (``--method``) pretraining images per second: the suite (as
+                :func:`~utils.engine.fit` runs it) against the same method built from the ``lightly`` package
+                (``pip install lightly``) as its documentation builds it, same backbone, batch, input and
+                mixed precision.
+``methods``     pretraining images per second of several of the suite's methods (``--methods byol fra``),
+                relative to the first: what a method costs beside another.
 
 Timings are medians over repeats; every comparison runs both sides alternately in one process, so a
 shared, noisy machine affects both alike. Each prints one JSON line.
@@ -155,81 +158,174 @@ def bench_neighbours(args) -> dict:
     return out
 
 
+def _suite_stepper(method, train, batch_size: int, lr: float, weight_decay: float, device, dtype):
+    """A function ``steps -> images/s`` that trains ``method`` as :func:`~utils.engine.fit` does (channels-last
+    weights, the method's parameter groups, autocast, the after-step hook)."""
+    from .engine import TrainConfig, make_optimizer, to_channels_last
+    from .loader import BatchLoader
+
+    config = TrainConfig(lr=lr, weight_decay=weight_decay)
+    to_channels_last(method, device)
+    optimizer = make_optimizer(method.param_groups(config.weight_decay), config)
+    loader = BatchLoader(train, batch_size, shuffle=True, drop_last=True)
+
+    def run(steps):
+        g = torch.Generator().manual_seed(0)
+        seen, tic = 0, time.perf_counter()
+        method.train()
+        for b, (x, y, rows) in enumerate(loader):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, _ = method(x, y, rows, g)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            method.after_step(0.5)
+            seen += len(x)
+            if b + 1 == steps:
+                break
+        return seen / (time.perf_counter() - tic)
+
+    return run
+
+
+def _interleaved(runners: dict, batches: int, repeats: int) -> dict:
+    """Median images/s of each runner, the runners taking turns (a noisy machine slows them alike)."""
+    for run in runners.values():
+        run(2)  # warm-up
+    rates = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            time.sleep(1.0)  # let DataLoader workers finish prefetching, so they do not slow the next turn
+            rates[name].append(run(batches))
+    return {name: (statistics.median(r), [round(v, 1) for v in r]) for name, r in rates.items()}
+
+
+def _method_config(text: str):
+    """``name`` or ``name:field=value,field=value`` (values parsed as JSON, else strings) -> a method config."""
+    from . import methods
+
+    name, _, settings = text.partition(":")
+    overrides = {}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return methods.get(name).Config(**overrides)
+
+
+def bench_methods(args) -> dict:
+    """Pretraining images/s of the suite's methods on the same data, batch and precision; the first is the
+    reference of the ratios. ``--methods byol fra fra:region_stage=layer3,last_stride=2``."""
+    from . import methods
+    from .engine import TrainConfig, amp_dtype
+    from .loader import face_tensors
+    from .methods import InputSpec
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    dtype = amp_dtype(device, not args.fp32)
+    prepared = _prepared(args.data)
+    runners = {}
+    for text in args.methods:
+        config = _method_config(text)
+        cls = methods.for_config(config)
+        train = face_tensors(prepared, "train", config.channels)
+        spec = InputSpec(1 + ("+" in config.channels), 1, tuple(prepared.classes), prepared.images.shape[1], len(train))
+        torch.manual_seed(0)
+        method = cls(config, spec)
+        if hasattr(method, "prepare"):
+            method.prepare(train, prepared, TrainConfig())
+        defaults = {"lr": 0.05, "weight_decay": 1e-4, **cls.train_defaults}
+        runners[text] = _suite_stepper(
+            method, train, args.batch_size, defaults["lr"], defaults["weight_decay"], device, dtype
+        )
+    rates = _interleaved(runners, args.batches, args.repeats)
+    first = rates[args.methods[0]][0]
+    return {
+        "benchmark": "methods",
+        "images_per_s": {name: round(r[0], 1) for name, r in rates.items()},
+        "relative_to_first": {name: round(r[0] / first, 3) for name, r in rates.items()},
+        "all": {name: r[1] for name, r in rates.items()},
+        "batch_size": args.batch_size,
+        "amp": str(dtype),
+    }
+
+
 def bench_pretrain(args) -> dict:
-    """MoCo v2 images/s: the suite's method vs one assembled from lightly (its transforms, heads, loss)."""
+    """MoCo v2 or BYOL images/s: the suite's method vs the same method assembled from lightly as its
+    documentation does (its transforms on PIL images in DataLoader workers, its heads, loss and momentum
+    update), same backbone, batch, input and precision."""
     try:
-        import lightly  # noqa: F401
+        import lightly
     except ImportError:
         sys.exit("this benchmark needs lightly: pip install lightly")
     import copy
 
-    from lightly.loss import NTXentLoss
-    from lightly.models.modules import MoCoProjectionHead
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, MoCoProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import MoCoV2Transform
+    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, MoCoV2Transform
     from torchvision import datasets
 
-    from .engine import TrainConfig, amp_dtype, make_optimizer, to_channels_last
-    from .loader import BatchLoader, face_tensors
+    from .engine import amp_dtype, to_channels_last
+    from .loader import face_tensors
     from .methods import InputSpec
+    from .methods.byol import BYOL, BYOLConfig
     from .methods.moco import MoCo, MoCoConfig
     from .models import create_model
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    dtype = amp_dtype(device, True)
+    dtype = amp_dtype(device, not args.fp32)
     prepared = _prepared(args.data)
     train = face_tensors(prepared, "train", "gray")
+    size = prepared.images.shape[1]
+    spec = InputSpec(1, 1, tuple(prepared.classes), size, len(train))
     torch.manual_seed(0)
+    byol = args.method == "byol"
+    if byol:
+        suite = BYOL(BYOLConfig(), spec)
+        run_suite = _suite_stepper(suite, train, args.batch_size, 0.1, 1e-5, device, dtype)
+    else:
+        suite = MoCo(MoCoConfig(queue_size=8192), spec)
+        run_suite = _suite_stepper(suite, train, args.batch_size, 0.06, 1e-4, device, dtype)
 
-    # --- the suite
-    config = MoCoConfig(queue_size=8192)
-    suite = MoCo(config, InputSpec(1, 1, tuple(prepared.classes), prepared.images.shape[1], len(train)))
-    suite_config = TrainConfig(lr=0.06, weight_decay=1e-4)
-    if suite_config.channels_last:  # as fit() trains it
-        to_channels_last(suite, device)
-    suite_opt = make_optimizer(suite.param_groups(suite_config.weight_decay), suite_config)
-    loader = BatchLoader(train, args.batch_size, shuffle=True, drop_last=True)
+    class Lightly(torch.nn.Module):
+        """The method as lightly's examples assemble it, on the suite's backbone (same stem, same size)."""
 
-    def run_suite(steps):
-        g = torch.Generator().manual_seed(0)
-        rows_seen, tic = 0, time.perf_counter()
-        suite.train()
-        for b, (x, y, rows) in enumerate(loader):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                loss, _ = suite(x, y, rows, g)
-            suite_opt.zero_grad()
-            loss.backward()
-            suite_opt.step()
-            suite.after_step(0.0)
-            rows_seen += len(x)
-            if b + 1 == steps:
-                break
-        return rows_seen / (time.perf_counter() - tic)
-
-    # --- lightly: its MoCo v2 transform on PIL images, its projection head, memory-bank NT-Xent loss
-    class LightlyMoCo(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.backbone = create_model(config.backbone, 0, 1, stem_stride=config.stem_stride)
-            self.projection_head = MoCoProjectionHead(512, 512, 128)
+            self.backbone = create_model("resnet18", 0, 1, stem_stride=2)
+            if byol:
+                self.projection_head = BYOLProjectionHead(512, 4096, 256)
+                self.prediction_head = BYOLPredictionHead(256, 4096, 256)
+            else:
+                self.projection_head = MoCoProjectionHead(512, 512, 128)
+                self.prediction_head = torch.nn.Identity()
             self.backbone_momentum = copy.deepcopy(self.backbone)
             self.projection_head_momentum = copy.deepcopy(self.projection_head)
             deactivate_requires_grad(self.backbone_momentum)
             deactivate_requires_grad(self.projection_head_momentum)
 
         def forward(self, x):
-            return self.projection_head(self.backbone(x))
+            return self.prediction_head(self.projection_head(self.backbone(x)))
 
         def forward_momentum(self, x):
             return self.projection_head_momentum(self.backbone_momentum(x)).detach()
 
-    model = LightlyMoCo()
-    criterion = NTXentLoss(temperature=0.2, memory_bank_size=(8192, 128))
-    lightly_opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=1e-4)
-    transform = MoCoV2Transform(
-        input_size=prepared.images.shape[1], cj_hue=0.0, cj_sat=0.0, random_gray_scale=0.0, normalize=None
-    )
+    model = Lightly()
+    to_channels_last(model, device)  # the same kernels as the suite
+    grey = {"input_size": size, "cj_hue": 0.0, "cj_sat": 0.0, "random_gray_scale": 0.0, "normalize": None}
+    if byol:
+        criterion = NegativeCosineSimilarity()
+        transform = BYOLTransform(BYOLView1Transform(**grey), BYOLView2Transform(**grey))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
+    else:
+        criterion = NTXentLoss(temperature=0.2, memory_bank_size=(8192, 128))
+        transform = MoCoV2Transform(**grey)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=1e-4)
     image_folder = datasets.ImageFolder(
         str(Path(args.images) / "train"),
         transform=transform,
@@ -247,35 +343,34 @@ def bench_pretrain(args) -> dict:
     def run_lightly(steps):
         images, tic = 0, time.perf_counter()
         model.train()
-        for b, ((x_query, x_key), _) in enumerate(dataloader):
-            update_momentum(model.backbone, model.backbone_momentum, m=0.999)
-            update_momentum(model.projection_head, model.projection_head_momentum, m=0.999)
+        for b, ((x0, x1), _) in enumerate(dataloader):
+            update_momentum(model.backbone, model.backbone_momentum, m=0.99)
+            update_momentum(model.projection_head, model.projection_head_momentum, m=0.99)
             with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                query = model(x_query)
-                key = model.forward_momentum(x_key)
-                loss = criterion(query.float(), key.float())
-            lightly_opt.zero_grad()
+                if byol:  # lightly's BYOL example: both directions, halved
+                    p0, p1 = model(x0), model(x1)
+                    z0, z1 = model.forward_momentum(x0), model.forward_momentum(x1)
+                    loss = 0.5 * (criterion(p0.float(), z1.float()) + criterion(p1.float(), z0.float()))
+                else:
+                    loss = criterion(model(x0).float(), model.forward_momentum(x1).float())
+            optimizer.zero_grad()
             loss.backward()
-            lightly_opt.step()
-            images += len(x_query)
+            optimizer.step()
+            images += len(x0)
             if b + 1 == steps:
                 break
         return images / (time.perf_counter() - tic)
 
-    run_suite(2), run_lightly(2)  # warm-up
-    suite_rates, lightly_rates = [], []
-    for _ in range(args.repeats):
-        time.sleep(1.0)  # let the DataLoader's workers finish prefetching, so they do not slow the suite's turn
-        suite_rates.append(run_suite(args.batches))
-        lightly_rates.append(run_lightly(args.batches))
-    s, li = statistics.median(suite_rates), statistics.median(lightly_rates)
+    rates = _interleaved({"suite": run_suite, "lightly": run_lightly}, args.batches, args.repeats)
+    s, li = rates["suite"][0], rates["lightly"][0]
     return {
         "benchmark": "pretrain",
+        "method": args.method,
         "suite_images_per_s": round(s, 1),
         "lightly_images_per_s": round(li, 1),
         "ratio": round(s / li, 2),
-        "suite_all": [round(r, 1) for r in suite_rates],
-        "lightly_all": [round(r, 1) for r in lightly_rates],
+        "suite_all": rates["suite"][1],
+        "lightly_all": rates["lightly"][1],
         "lightly_version": lightly.__version__,
         "batch_size": args.batch_size,
         "workers": args.workers,
@@ -285,7 +380,10 @@ def bench_pretrain(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["prepare", "loader", "neighbours", "pretrain"])
+    parser.add_argument("what", choices=["prepare", "loader", "neighbours", "pretrain", "methods"])
+    parser.add_argument("--method", default="moco_v2", choices=["moco_v2", "byol"], help="pretrain: which method")
+    parser.add_argument("--methods", nargs="+", default=["byol", "fra"], help="methods: name[:field=value,...]")
+    parser.add_argument("--fp32", action="store_true", help="no mixed precision, even where the CPU has bf16")
     parser.add_argument("--data", default="data/fer2013", help="FER2013 CSV or folder")
     parser.add_argument("--images", default="data/exports/fer2013", help="notebook 01's image-folder export")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -300,6 +398,7 @@ def main(argv=None) -> int:
         "loader": bench_loader,
         "neighbours": bench_neighbours,
         "pretrain": bench_pretrain,
+        "methods": bench_methods,
     }[args.what](args)
     print(json.dumps(result))
     return 0

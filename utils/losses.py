@@ -1,4 +1,8 @@
-"""Contrastive losses as pure functions. Every input embedding is L2-normalised by the caller.
+"""The losses of the suite's methods, as pure functions.
+
+- :func:`info_nce`, :func:`multi_positive_info_nce`: MoCo v2 and HNCL; their embeddings are L2-normalised
+  by the caller.
+- :func:`byol_loss`: BYOL's regression loss; it normalises its inputs.
 
 Shapes: ``B`` queries, ``D`` embedding size, ``K`` negatives, ``P`` positives per query.
 """
@@ -77,3 +81,19 @@ def multi_positive_info_nce(
     log_prob = l_pos - log_denominator  # (B, P)
     per_query = (log_prob * positive_mask).sum(dim=1) / positive_mask.sum(dim=1).clamp(min=1)
     return -per_query.mean()
+
+
+# -------------------------------------------------------------------------------------------- BYOL
+
+
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL's normalised regression loss (Grill et al. 2020, eq. 2): ``2 - 2 cos(prediction, target)``, the
+    squared distance of the two L2-normalised vectors, averaged over the batch. Normalises its inputs itself.
+
+    Args:
+        prediction: ``(..., D)`` the online network's predictions.
+        target: ``(..., D)`` the target network's projections (no gradient flows into them).
+    """
+    p = F.normalize(prediction.float(), dim=-1)
+    z = F.normalize(target.float().detach(), dim=-1)
+    return (2 - 2 * (p * z).sum(dim=-1)).mean()

@@ -1,0 +1,144 @@
+"""BYOL: the loss against a slow reference formula and against ``lightly``, the target network's momentum
+schedule and update (also against ``lightly``), its heads, the symmetrised loss, and a loss that falls on the
+sample."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from utils.engine import TrainConfig, fit
+from utils.heads import mlp, update_momentum
+from utils.loader import face_tensors
+from utils.losses import byol_loss
+from utils.methods import InputSpec
+from utils.methods.byol import BYOL, BYOLConfig, target_momentum
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def spec(train_size=100):
+    return InputSpec(1, 1, tuple("abcdefg"), 48, train_size)
+
+
+SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
+
+
+# ---------------------------------------------------------------------------------------------- BYOL
+
+
+def test_byol_loss_is_two_minus_twice_the_cosine():
+    p, z = randn(6, 16, seed=1), randn(6, 16, seed=2)
+    slow = sum(2 - 2 * float(p[i] @ z[i]) / (float(p[i].norm()) * float(z[i].norm())) for i in range(6)) / 6
+    assert float(byol_loss(p, z)) == pytest.approx(slow, rel=1e-5)
+    assert float(byol_loss(p, 3 * p)) == pytest.approx(0.0, abs=1e-6)  # scale does not matter
+    assert float(byol_loss(p, -p)) == pytest.approx(4.0, abs=1e-5)
+
+
+def test_byol_loss_matches_lightly():
+    from lightly.loss import NegativeCosineSimilarity
+
+    p, z = randn(8, 32, seed=3), randn(8, 32, seed=4)
+    expected = 2 + 2 * NegativeCosineSimilarity()(p, z)  # lightly's loss is -cos
+    torch.testing.assert_close(byol_loss(p, z), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_no_gradient_reaches_the_target():
+    p, z = randn(4, 8, seed=5).requires_grad_(), randn(4, 8, seed=6).requires_grad_()
+    byol_loss(p, z).backward()
+    assert p.grad is not None and z.grad is None
+
+
+def test_target_momentum_follows_a_cosine_from_base_to_one_as_lightly():
+    from lightly.utils.scheduler import cosine_schedule
+
+    steps = 50
+    for k in range(steps - 1):
+        ours = target_momentum(0.996, k / (steps - 1))
+        assert ours == pytest.approx(cosine_schedule(k, steps, 0.996, 1.0), abs=1e-12)
+    assert target_momentum(0.996, 0.0) == pytest.approx(0.996)
+    assert target_momentum(0.996, 0.5) == pytest.approx(0.998)
+    assert target_momentum(0.996, 1.0) == pytest.approx(1.0)
+
+
+def test_update_momentum_matches_lightly_and_the_formula():
+    from lightly.models.utils import update_momentum as lightly_update
+
+    torch.manual_seed(0)
+    online, target = mlp(8, 16, 4, 2, batch_norm=True), mlp(8, 16, 4, 2, batch_norm=True)
+    reference = mlp(8, 16, 4, 2, batch_norm=True)
+    reference.load_state_dict(target.state_dict())
+    before = [p.clone() for p in target.parameters()]
+    update_momentum([(online, target)], 0.9)
+    lightly_update(online, reference, 0.9)
+    for p, q, b, o in zip(target.parameters(), reference.parameters(), before, online.parameters()):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(p, 0.9 * b + 0.1 * o)
+    with pytest.raises(ValueError, match="structure"):
+        update_momentum([(online, mlp(8, 16, 4, 3))], 0.9)
+
+
+def test_byol_heads_are_the_papers():
+    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+
+    method = BYOL(BYOLConfig(stem_stride=4), spec())
+    ours = [type(m) for m in method.projector]
+    theirs = [type(m) for m in BYOLProjectionHead(512, 4096, 256).layers]
+    assert ours == theirs and [type(m) for m in method.predictor] == [
+        type(m) for m in BYOLPredictionHead(256, 4096, 256).layers
+    ]
+    shapes = [tuple(p.shape) for p in method.projector.parameters()]
+    assert shapes == [tuple(p.shape) for p in BYOLProjectionHead(512, 4096, 256).parameters()]
+
+
+def test_byol_step_moves_the_target_by_the_scheduled_rate():
+    method = BYOL(BYOLConfig(**SMALL), spec())
+    with torch.no_grad():
+        for p in method.encoder.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in method.target_encoder.named_parameters()}
+    method.after_step(0.5)
+    m = target_momentum(0.996, 0.5)
+    assert float(method.momentum) == pytest.approx(m)
+    online = dict(method.encoder.named_parameters())
+    for name, p in method.target_encoder.named_parameters():
+        torch.testing.assert_close(p, m * before[name] + (1 - m) * online[name])
+
+
+def test_byol_forward_is_the_symmetrised_loss():
+    torch.manual_seed(0)
+    method = BYOL(BYOLConfig(**SMALL), spec())
+    x = torch.rand(8, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    loss, _ = method(x, None, None, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    v1, v2 = method.augment(x, g), method.augment(x, g)
+    with torch.no_grad():
+        p1, p2 = (method.predictor(method.projector(method.encoder(v))) for v in (v1, v2))
+        z1, z2 = (method.target_projector(method.target_encoder(v)) for v in (v1, v2))
+    torch.testing.assert_close(loss.detach(), byol_loss(p1, z2) + byol_loss(p2, z1), rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------- training on the sample
+
+
+@pytest.mark.slow
+def test_the_loss_falls_over_20_steps_on_the_sample(sample):
+    method_class, config = BYOL, BYOLConfig(**SMALL)
+    train = face_tensors(sample, "train", "gray")
+    torch.manual_seed(0)
+    method = method_class(config, spec(len(train)))
+    result = fit(
+        method,
+        train,
+        TrainConfig(epochs=4, batch_size=32, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5),
+        None,
+        progress=False,
+        steps_per_epoch=5,
+    )
+    losses = [h["train_loss"] for h in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    assert result.history[-1]["train_momentum"] > 0.996  # the target's rate rose on its cosine
