@@ -2,12 +2,16 @@
 
 - :func:`info_nce`, :func:`multi_positive_info_nce`: MoCo v2 and HNCL; their embeddings are L2-normalised
   by the caller.
-- :func:`byol_loss`: BYOL's regression loss; it normalises its inputs.
+- :func:`byol_loss`, :func:`region_loss`: BYOL's and FRA's regression losses; they normalise their inputs.
+- :func:`sinkhorn`, :func:`relation_loss`: FRA's balanced assignment of positions to regions.
 
-Shapes: ``B`` queries, ``D`` embedding size, ``K`` negatives, ``P`` positives per query.
+Shapes: ``B`` queries, ``D`` embedding size, ``K`` negatives (or clusters), ``P`` positives per query, ``R``
+regions per image.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +87,7 @@ def multi_positive_info_nce(
     return -per_query.mean()
 
 
-# -------------------------------------------------------------------------------------------- BYOL
+# ------------------------------------------------------------------------------------ BYOL and FRA
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -97,3 +101,67 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = F.normalize(prediction.float(), dim=-1)
     z = F.normalize(target.float().detach(), dim=-1)
     return (2 - 2 * (p * z).sum(dim=-1)).mean()
+
+
+def region_loss(prediction: torch.Tensor, target: torch.Tensor, decorrelation: float = 0.0) -> torch.Tensor:
+    """FRA's region loss: BYOL's loss between each region's prediction and the *same* region's target, plus
+    a decorrelation term that pushes a region's prediction away from the other regions' targets (the
+    authors' code: weight 0.02 on the mean over regions of ``sum_{j != i} cos(p_i, z_j)^2 / R``).
+
+    Args:
+        prediction, target: ``(B, R, D)``, R regions per image.
+        decorrelation: weight of the second term (0: BYOL's loss per region).
+    """
+    p = F.normalize(prediction.float(), dim=-1)
+    z = F.normalize(target.float().detach(), dim=-1)
+    loss = (2 - 2 * (p * z).sum(dim=-1)).mean()
+    if decorrelation:
+        regions = p.shape[1]
+        cos = p @ z.transpose(1, 2)  # (B, R, R)
+        off = cos.masked_fill(torch.eye(regions, dtype=torch.bool, device=cos.device), 0.0)
+        loss = loss + decorrelation * ((off**2).sum(dim=-1) / regions).mean()
+    return loss
+
+
+@torch.no_grad()
+def sinkhorn(probs: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """Balance an ``(N, K)`` assignment of N samples to K clusters (SwAV's Sinkhorn-Knopp, as FRA's code
+    applies it to softmax probabilities): alternately rescale so that every cluster gets ``N / K`` of the mass
+    and every sample 1. Returns ``(N, K)`` whose rows sum to 1 (exactly after the last step) and whose
+    columns sum to about ``N / K``."""
+    q = probs.float().T.clone()  # (K, N)
+    k, n = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True) * k  # each cluster: total 1 / K
+        q /= q.sum(dim=0, keepdim=True) * n  # each sample: total 1 / N
+    return (q * n).T
+
+
+def relation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.04,
+    iterations: int = 3,
+    balance_weight: float = 1.0,
+) -> torch.Tensor:
+    """FRA's semantic-relation loss: each position's assignment to the regions, as the student sees it, must
+    match the teacher's Sinkhorn-balanced assignment (cross-entropy), plus the authors' balance term
+    ``log K - H(mean student assignment)`` that keeps every region in use (0 when all are used equally).
+
+    Args:
+        student: ``(N, K)`` scores (cosine similarities) of N positions with K region queries, online network.
+        teacher: ``(N, K)`` the same from the target network (no gradient).
+        student_temperature, teacher_temperature: softmax temperatures (authors: 0.1 and 0.04).
+        iterations: Sinkhorn iterations on the teacher's assignment (authors: 3).
+        balance_weight: weight of the balance term (authors: 1).
+    """
+    log_p = F.log_softmax(student.float() / student_temperature, dim=-1)  # (N, K)
+    q = sinkhorn(F.softmax(teacher.float().detach() / teacher_temperature, dim=-1), iterations)  # (N, K)
+    loss = -(q * log_p).sum(dim=-1).mean()
+    if balance_weight:
+        mean = log_p.exp().mean(dim=0)  # (K,)
+        entropy = -(mean * mean.clamp_min(1e-12).log()).sum()
+        loss = loss + balance_weight * (math.log(len(mean)) - entropy)
+    return loss

@@ -265,3 +265,85 @@ def budget_curve(table, protocol: str = "linear", title: str = ""):
     ax.set_title(title or f"{name} probe accuracy against pretraining time (dots: single runs)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def region_overlays(images, heatmaps, landmarks=None, column_titles=None, title: str = "", vmax: float = 4.0):
+    """Each row a face: the face (with its landmarks), then every region query's heatmap over it.
+
+    The colour is a heatmap's density relative to a uniform map over the face, on one scale for every panel
+    (0 to ``vmax``; a uniform map is 1 everywhere), so a flat heatmap looks flat and a region detector
+    shows as a bright spot.
+
+    Args:
+        images: ``(N, S, S)`` grey faces.
+        heatmaps: ``(N, Q, h, w)`` each query's heatmap (non-negative), resized to the face.
+        landmarks: ``(N, 68, 2)`` drawn on the first column when given.
+        column_titles: one title per query (e.g. the landmark group it concentrates on).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    plt = _plt()
+    n, q = heatmaps.shape[:2]
+    size = images.shape[1]
+    heat = F.interpolate(torch.as_tensor(heatmaps, dtype=torch.float32), size=(size, size), mode="bilinear")
+    heat = heat.clamp_min(0)
+    density = (heat / heat.sum(dim=(2, 3), keepdim=True).clamp_min(1e-12) * size * size).numpy()  # uniform: 1
+    fig, axes = plt.subplots(n, q + 1, figsize=(1.05 * (q + 1), 1.1 * n + 0.6), squeeze=False)
+    shown = None
+    for r in range(n):
+        axes[r, 0].imshow(images[r], cmap="gray", vmin=0, vmax=255)
+        if landmarks is not None and np.isfinite(landmarks[r]).all():
+            axes[r, 0].scatter(*landmarks[r].T, s=1, c="lime", linewidths=0)
+        for j in range(q):
+            ax = axes[r, j + 1]
+            ax.imshow(images[r], cmap="gray", vmin=0, vmax=255)
+            shown = ax.imshow(density[r, j], cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
+            if r == 0:
+                ax.set_title(column_titles[j] if column_titles else f"query {j}", fontsize=6)
+        for ax in axes[r]:
+            ax.axis("off")
+    axes[0, 0].set_title("face", fontsize=6)
+    fig.suptitle(title or "each region query's heatmap", fontsize=8)
+    fig.tight_layout()
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=axes, shrink=0.5, pad=0.01)
+        bar.set_label("density / uniform", fontsize=6)
+        bar.ax.tick_params(labelsize=6)
+    return fig
+
+
+def region_partition(images, partition, landmarks=None, legend=None, title: str = ""):
+    """Faces with the region each position belongs to (the query that wins it), one colour per query.
+
+    Args:
+        images: ``(N, S, S)`` grey faces.
+        partition: ``(N, h, w)`` int, the winning query per position (resized to the face, nearest).
+        legend: one label per query.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    plt = _plt()
+    n = len(images)
+    size = images.shape[1]
+    queries = int(partition.max()) + 1 if legend is None else len(legend)
+    up = F.interpolate(torch.as_tensor(partition)[:, None].float(), size=(size, size), mode="nearest")[:, 0].numpy()
+    cmap = plt.get_cmap("tab10", max(queries, 2))
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        if landmarks is not None and np.isfinite(landmarks[i]).all():
+            axes[0, i].scatter(*landmarks[i].T, s=1, c="lime", linewidths=0)
+        axes[1, i].imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        axes[1, i].imshow(up[i], cmap=cmap, vmin=-0.5, vmax=queries - 0.5, alpha=0.5, interpolation="nearest")
+        for ax in axes[:, i]:
+            ax.axis("off")
+    handles = [
+        plt.Line2D([], [], marker="s", ls="", color=cmap(q), label=legend[q] if legend else f"query {q}")
+        for q in range(queries)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(queries, 4), fontsize=6, frameon=False)
+    fig.suptitle(title or "the region (query) that wins each position", fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
