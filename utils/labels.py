@@ -50,6 +50,9 @@ FERPLUS_TO_CANONICAL: dict[str, int] = {
     "contempt": CONTEMPT,
 }
 
+CANONICAL_TO_FERPLUS: dict[int, int] = {c: FERPLUS_COLUMNS.index(n) for n, c in FERPLUS_TO_CANONICAL.items()}
+"""Canonical class id -> its vote column in ``fer2013new.csv``."""
+
 # RAF-DB basic (EmoLabel/list_patition_label.txt and the DATASET/{train,test}/{1..7}/ folders).
 RAFDB_TO_CANONICAL: dict[int, int] = {
     1: SURPRISE,

@@ -4,6 +4,8 @@
   by the caller.
 - :func:`byol_loss`, :func:`region_loss`: BYOL's and FRA's regression losses; they normalise their inputs.
 - :func:`sinkhorn`, :func:`relation_loss`: FRA's balanced assignment of positions to regions.
+- :func:`label_loss`: a classifier's loss under FERPlus's four label modes.
+- :func:`ran_attention`, :func:`region_biased_loss`: RAN's attention pooling and its region-biased loss.
 
 Shapes: ``B`` queries, ``D`` embedding size, ``K`` negatives (or clusters), ``P`` positives per query, ``R``
 regions per image.
@@ -165,3 +167,98 @@ def relation_loss(
         entropy = -(mean * mean.clamp_min(1e-12).log()).sum()
         loss = loss + balance_weight * (math.log(len(mean)) - entropy)
     return loss
+
+
+# ------------------------------------------------------------------------------------------ classifiers
+
+LABEL_MODES = ("majority", "crossentropy", "probability", "multi_target")
+MULTI_TARGET_EPSILON = 0.001  # FERPlus reference code (ferplus.py, _process_target): avoids log(0)
+
+
+def label_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    distributions: torch.Tensor | None = None,
+    mode: str = "majority",
+    generator: torch.Generator | None = None,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """A classifier's loss under one of FERPlus's four training modes (Barsoum et al. 2016, "Training deep
+    networks for facial expression recognition with crowd-sourced label distribution"; the rules are those
+    of its reference code, ``src/train.py`` and ``src/ferplus.py``):
+
+    - ``majority``: cross-entropy with the hard label (``labels``), optionally class-weighted and smoothed;
+    - ``crossentropy``: cross-entropy against the vote distribution as a soft target, ``-sum_k t_k log p_k``;
+    - ``probability``: each time an image is seen, one label is drawn from its vote distribution
+      ("probabilistic label drawing"), then cross-entropy with it;
+    - ``multi_target``: every emotion in the target counts as correct: with ``t = (1 - e) [d > 0] + e``
+      (e = 0.001), the loss is ``-log max_k t_k p_k``.
+
+    Args:
+        logits: ``(B, C)``.
+        labels: ``(B,)`` hard labels (majority).
+        distributions: ``(B, C)`` the images' target distributions (FERPlus votes after its rule for the mode:
+            :func:`utils.data.ferplus_distribution`); needed by every mode but ``majority``.
+        generator: for ``probability``'s draws.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"mode must be one of {LABEL_MODES}, not {mode!r}")
+    logits = logits.float()
+    if mode == "majority":
+        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+    if distributions is None:
+        raise ValueError(f"label mode {mode!r} needs the images' label distributions (FERPlus votes)")
+    d = distributions.float()
+    log_p = F.log_softmax(logits, dim=1)  # (B, C)
+    if mode == "crossentropy":
+        return -(d * log_p).sum(dim=1).mean()
+    if mode == "probability":
+        drawn = torch.multinomial(d.to(logits.device), 1, generator=generator).squeeze(1)  # (B,)
+        return F.cross_entropy(logits, drawn, weight=weight, label_smoothing=label_smoothing)
+    target = (1 - MULTI_TARGET_EPSILON) * (d > 0).float() + MULTI_TARGET_EPSILON  # (B, C)
+    return -(torch.log(target) + log_p).max(dim=1).values.mean()  # log max_k t_k p_k
+
+
+# ---------------------------------------------------------------------------------------------- RAN
+
+
+def ran_attention(features: torch.Tensor, self_attention: torch.nn.Module, relation_attention: torch.nn.Module):
+    """RAN's two attention stages (Wang et al., IEEE TIP 2020, eqs. 1-4) over ``n`` region features per image.
+
+    ``mu_i = sigmoid(q0 . F_i)``, ``F_m = sum_i mu_i F_i / sum_i mu_i``; ``nu_i = sigmoid(q1 . [F_i : F_m])``,
+    ``P = sum_i mu_i nu_i [F_i : F_m] / sum_i mu_i nu_i``.
+
+    Args:
+        features: ``(B, n, D)``, region 0 the full face.
+        self_attention: ``D -> 1`` (the linear map ``q0``); relation_attention: ``2D -> 1`` (``q1``).
+
+    The normalised weights ``mu_i / sum mu`` and ``mu_i nu_i / sum mu nu`` are computed as softmaxes of
+    ``log sigmoid`` scores: the same numbers, but finite when every sigmoid of an image underflows to 0 (large
+    features on an unusual image do that in float32, and ``0 / 0`` would make the whole batch's loss NaN).
+
+    Returns:
+        ``(P, mu, nu, shares)``: ``(B, 2D)``, ``(B, n)``, ``(B, n)``, ``(B, n)``; ``shares`` is each region's
+        weight in ``P``, ``mu_i nu_i / sum_j mu_j nu_j`` (rows sum to 1).
+    """
+    with torch.autocast(features.device.type, enabled=False):  # float32: sigmoids saturate to 0 in bfloat16
+        features = features.float()
+        self_scores = self_attention(features).squeeze(-1)  # (B, n)
+        mu = torch.sigmoid(self_scores)
+        pooled = (torch.softmax(F.logsigmoid(self_scores), dim=1)[..., None] * features).sum(dim=1)  # (B, D)
+        joined = torch.cat([features, pooled[:, None].expand_as(features)], dim=-1)  # (B, n, 2D)
+        relation_scores = relation_attention(joined).squeeze(-1)  # (B, n)
+        nu = torch.sigmoid(relation_scores)
+        shares = torch.softmax(F.logsigmoid(self_scores) + F.logsigmoid(relation_scores), dim=1)  # (B, n)
+        out = (shares[..., None] * joined).sum(dim=1)  # (B, 2D)
+    return out, mu, nu, shares
+
+
+def region_biased_loss(mu: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """RAN's region-biased loss: ``max(0, margin - (max_{i >= 1} mu_i - mu_0))`` averaged over the batch: some
+    crop must weigh ``margin`` more than the full face (region 0).
+
+    Args:
+        mu: ``(B, n)`` self-attention weights, column 0 the full face.
+    """
+    return F.relu(margin - (mu[:, 1:].max(dim=1).values - mu[:, 0])).mean()

@@ -347,3 +347,44 @@ def region_partition(images, partition, landmarks=None, legend=None, title: str 
     fig.suptitle(title or "the region (query) that wins each position", fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
+
+
+def crop_boxes(images, boxes, names, weights=None, title: str = ""):
+    """Faces with the crop boxes a region method reads drawn on them (relative ``(x0, y0, x1, y1)`` boxes), and,
+    when ``weights`` ``(N, 1 + n)`` are given (the full face first), each box's weight written in it and its
+    edge coloured by it.
+
+    Args:
+        images: ``(N, S, S)`` grey faces, one per row.
+        boxes: ``(n, 4)`` relative boxes, the same for every face.
+        names: ``1 + n`` region names, the full face first.
+    """
+    from matplotlib import patches
+
+    plt = _plt()
+    n = len(images)
+    k = len(boxes)
+    size = images.shape[1]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.2 * (k + 1), 1.3 * n + 0.5), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    top = float(np.max(weights)) if weights is not None else 1.0
+    for r in range(n):
+        for j in range(k + 1):
+            ax = axes[r, j]
+            ax.imshow(images[r], cmap="gray", vmin=0, vmax=255)
+            x0, y0, x1, y1 = (0.0, 0.0, 1.0, 1.0) if j == 0 else boxes[j - 1]
+            color = "yellow" if weights is None else cmap(float(weights[r, j]) / top)
+            ax.add_patch(
+                patches.Rectangle(
+                    (x0 * size - 0.5, y0 * size - 0.5), (x1 - x0) * size, (y1 - y0) * size, fill=False, lw=2, ec=color
+                )
+            )
+            if weights is not None:
+                ax.text(x0 * size + 1, y0 * size + 5, f"{weights[r, j]:.2f}", color="white", fontsize=6,
+                        bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})  # fmt: skip
+            if r == 0:
+                ax.set_title(names[j], fontsize=6)
+            ax.axis("off")
+    fig.suptitle(title or "the regions a face is read through", fontsize=8)
+    fig.tight_layout()
+    return fig

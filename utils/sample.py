@@ -966,6 +966,59 @@ def make_sample(out_dir, counts=None, seed: int = 0) -> dict[str, tuple[int, ...
     return written
 
 
+VOTES_NAME = "fer2013new.csv.gz"
+CONFUSED_WITH = {  # canonical class -> the classes its synthetic faces are drawn ambiguous with (see above)
+    0: (1,),  # angry ~ disgust
+    1: (0,),
+    2: (5,),  # fear ~ surprise
+    5: (2,),
+    4: (6,),  # sad ~ neutral
+    6: (4, 7),  # neutral ~ sad, contempt
+    3: (7,),  # happy ~ contempt (a one-sided smile)
+}
+
+
+def make_votes(out_dir, seed: int = 0) -> dict[str, int]:
+    """Write ``fer2013new.csv.gz``: ten crowd votes per image of the sample, in the FERPlus format (``Usage,
+    Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF``), so that the
+    FERPlus reader and its four label modes run on the sample.
+
+    The votes are made up from the drawn label, not collected: most go to it, the rest to the classes its
+    faces are drawn ambiguous with, contempt (FERPlus's eighth class), ``unknown``; about 2 % of the images
+    get mostly ``NF`` votes (not a face) and are excluded by the reader, as FERPlus does. Deterministic.
+
+    Returns:
+        How many images got each kind of vote: ``{"clear", "split", "not a face"}``.
+    """
+    import pandas as pd
+
+    from .labels import CANONICAL_TO_FERPLUS
+
+    out_dir = Path(out_dir)
+    fer = pd.read_csv(out_dir / CSV_NAME, usecols=["emotion", "Usage"])
+    rng = np.random.default_rng(seed)
+    rows = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    kinds = {"clear": 0, "split": 0, "not a face": 0}
+    counters = {}
+    for emotion, usage in zip(fer["emotion"], fer["Usage"]):
+        counters[usage] = counters.get(usage, -1) + 1
+        votes = np.zeros(10, dtype=int)
+        if rng.random() < 0.02:
+            votes[9], votes[8] = 8, 2  # not a face
+            kinds["not a face"] += 1
+        else:
+            own = int(rng.integers(5, 11))  # 5..10 of the 10 votes for the drawn class
+            votes[CANONICAL_TO_FERPLUS[int(emotion)]] += own
+            others = [CANONICAL_TO_FERPLUS[c] for c in CONFUSED_WITH[int(emotion)]] + [8]  # ... and unknown
+            for _ in range(10 - own):
+                votes[others[int(rng.integers(len(others)))]] += 1
+            kinds["clear" if own >= 8 else "split"] += 1
+        prefix = {"Training": "train", "PublicTest": "public", "PrivateTest": "private"}[usage]
+        rows.append(f"{usage},fer{prefix}{counters[usage]:05d}.png," + ",".join(map(str, votes)))
+    _write_gzip(out_dir / VOTES_NAME, rows)
+    return kinds
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m utils.sample [--out data/sample] [--seed 0]``: regenerate the bundled sample."""
     from .runtime import SAMPLE_DIR
@@ -975,12 +1028,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = parser.parse_args(argv)
     written = make_sample(args.out, seed=args.seed)
+    make_votes(args.out, seed=args.seed)
     width = max(len(name) for name in EMOTIONS[:NUM_BASIC])
     print(f"{'':{width}}  " + "  ".join(f"{usage:>11}" for usage in written))
     for label, name in enumerate(EMOTIONS[:NUM_BASIC]):
         print(f"{name:{width}}  " + "  ".join(f"{per_class[label]:>11}" for per_class in written.values()))
     print(f"{'total':{width}}  " + "  ".join(f"{sum(per_class):>11}" for per_class in written.values()))
-    for name in (CSV_NAME, LANDMARKS_NAME):
+    for name in (CSV_NAME, LANDMARKS_NAME, VOTES_NAME):
         print(f"{args.out / name}: {(args.out / name).stat().st_size:,} bytes")
 
 

@@ -309,6 +309,8 @@ def read_ferplus(path, mode: str = "majority", fer2013=None, strict: bool = Fals
     """
     path = Path(path).expanduser()
     votes_file = path if path.is_file() else path / "fer2013new.csv"
+    if not votes_file.is_file() and votes_file.with_name("fer2013new.csv.gz").is_file():
+        votes_file = votes_file.with_name("fer2013new.csv.gz")
     if not votes_file.is_file():
         raise DatasetError(f"{path}: no fer2013new.csv; FERPlus expects fer2013new.csv beside fer2013.csv")
     fer_source = Path(fer2013).expanduser() if fer2013 is not None else votes_file.parent
@@ -390,6 +392,7 @@ def read_ferplus(path, mode: str = "majority", fer2013=None, strict: bool = Fals
         table,
         8,
         pixels=fer_pixels,
+        landmarks=_given_landmarks(fer_files[0], table),
         soft_labels=soft,
         problems=problems,
         excluded=excluded,

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..augment import AugmentConfig, BatchAugment
 from ..engine import class_weights
 from ..evaluation import TTA_MODES
+from ..losses import LABEL_MODES, label_loss
 from .base import EncoderConfig, Method, register
 
 
@@ -29,6 +29,10 @@ class SupervisedConfig(EncoderConfig):
         label_smoothing: cross-entropy label smoothing.
         augment: training augmentation.
         tta: test-time augmentation of the final evaluation (None, ``flip``, ``tencrop``).
+        targets: what the loss trains on (:data:`utils.losses.LABEL_MODES`): ``majority`` (the hard label), or
+            FERPlus's ``crossentropy``, ``probability`` and ``multi_target`` on the vote distributions of a
+            dataset read with the same mode (``load_dataset("ferplus", path, mode=...)``). Evaluation is always
+            on the majority label.
     """
 
     pretrained: bool = False
@@ -37,17 +41,20 @@ class SupervisedConfig(EncoderConfig):
     label_smoothing: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: str | None = "flip"
+    targets: str = "majority"
 
     def __post_init__(self):
         super().__post_init__()
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, not {self.tta!r}")
+        if self.targets not in LABEL_MODES:
+            raise ValueError(f"targets must be one of {LABEL_MODES}, not {self.targets!r}")
 
 
 @register
 class Supervised(Method):
     """Cross-entropy on augmented images, optionally class-weighted (``TrainConfig.balance="weights"``) and
-    label-smoothed."""
+    label-smoothed, on hard labels or on label distributions (``targets``)."""
 
     name = "supervised"
     Config = SupervisedConfig
@@ -55,20 +62,44 @@ class Supervised(Method):
 
     def __init__(self, config: SupervisedConfig, spec):
         super().__init__(config, spec)
-        self.encoder = config.encoder(spec, spec.num_classes, pretrained=config.pretrained, dropout=config.dropout)
+        self.build(config, spec)
         self.augment = BatchAugment(config.augment, spec.image_channels)
         self.register_buffer("weights", torch.empty(0), persistent=False)  # (C,) class weights, or empty
+        self.register_buffer("distributions", torch.empty(0), persistent=False)  # (N, C) training targets
+
+    def build(self, config: SupervisedConfig, spec) -> None:
+        """Create the networks: here a backbone with a linear head (a method built on this one, RAN, adds its
+        own)."""
+        self.encoder = config.encoder(spec, spec.num_classes, pretrained=config.pretrained, dropout=config.dropout)
 
     def prepare(self, train, prepared, train_config) -> dict:
         if train_config.balance == "weights":
             self.weights = class_weights(train.y, self.spec.num_classes).to(self.weights.device)
+        if self.config.targets != "majority":
+            if train.soft is None:
+                raise ValueError(
+                    f"targets={self.config.targets!r} trains on label distributions, and {prepared.name} has none: "
+                    "read FERPlus with the same mode (load_dataset('ferplus', path, mode=...))"
+                )
+            self.distributions = train.soft.float().to(self.weights.device)
         return {}
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
+        """The classification loss of a batch under the configured ``targets``."""
+        return label_loss(
+            logits,
+            y,
+            self.distributions[rows] if self.distributions.numel() else None,
+            self.config.targets,
+            generator,
+            self.weights if self.weights.numel() else None,
+            self.config.label_smoothing,
+        )
 
     def forward(self, x, y, rows, generator):
         x = self.augment(x, generator)
         logits = self.encoder(x)  # (B, C)
-        weight = self.weights if self.weights.numel() else None
-        loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=self.config.label_smoothing)
+        loss = self.loss(logits, y, rows, generator)
         return loss, {"acc": (logits.argmax(dim=1) == y).float().mean().item()}
 
     def classifier(self):
