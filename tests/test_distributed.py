@@ -157,3 +157,76 @@ def test_ddp_training_keeps_the_processes_in_step(ranks):
     rows = zero["trained_queue_rows"]
     assert (rows >= 0).all()  # 3 global batches of 16 keys went through a queue of 32
     assert len(set(rows.tolist())) == len(rows)  # one pass over the data: no image twice
+
+
+# ------------------------------------------------------------------------------ runs.run for every method
+
+RUN_WORKER = r"""
+import json, sys
+
+import torch
+
+from utils import distributed as dist_utils
+from utils import runs
+from utils.data import load_dataset_or_sample
+from utils.engine import TrainConfig
+from utils.faces import FaceConfig, prepare
+from utils.methods.byol import BYOLConfig
+from utils.methods.supervised import SupervisedConfig
+
+out, cache = sys.argv[1], sys.argv[2]
+assert dist_utils.init_from_env("cpu"), "not launched by torchrun?"
+rank = dist_utils.rank()
+ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
+prepared = prepare(ds, FaceConfig(), cache_dir=cache, workers=1, progress=False)
+train = TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0, seed=0, amp=False)
+configs = {
+    "supervised": SupervisedConfig(stem_stride=4, tta=None),
+    "byol": BYOLConfig(stem_stride=4, projector_hidden=32, projector_dim=16, predictor_hidden=32),
+}
+seen = {}
+for name, config in configs.items():
+    run = runs.run(config, prepared, train, checkpoint_dir=f"{out}/checkpoints", device="cpu", progress=False,
+                   steps_per_epoch=3)
+    seen[name] = {
+        "run_dir": str(run.run_dir),
+        "record": run.record,
+        "params": {k: v.detach().clone() for k, v in run.method.named_parameters()},
+    }
+torch.save(seen, f"{out}/rank{rank}.pt")
+"""
+
+
+@pytest.fixture(scope="module")
+def run_ranks(tmp_path_factory, sample_cache, sample):
+    folder = tmp_path_factory.mktemp("ddp-runs")
+    script = folder / "worker.py"
+    script.write_text(RUN_WORKER)
+    port = free_port()
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(folder), str(sample_cache),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["supervised", "byol"])
+def test_runs_under_torchrun_write_one_record_and_agree(run_ranks, name):
+    zero, one = run_ranks[0][name], run_ranks[1][name]
+    assert zero["run_dir"] == one["run_dir"]  # the same configuration, the same folder
+    assert zero["record"]["status"] == one["record"]["status"] == "finished"  # rank 1 read what rank 0 wrote
+    assert zero["record"] == one["record"]
+    assert zero["record"]["epochs_run"] == 2 and zero["record"]["evaluations"]
+    for key, value in zero["params"].items():
+        assert torch.equal(value, one["params"][key]), key  # the processes stayed in step (weights; each
+        # process keeps the batch-norm statistics of its own last shard, and the first one's are written)

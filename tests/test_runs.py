@@ -17,6 +17,7 @@ from utils.methods.floors import RandomInitConfig, RawPixelsConfig
 from utils.methods.fra import FRAConfig
 from utils.methods.hncl import HNCLConfig
 from utils.methods.moco import MoCoConfig
+from utils.methods.ran import RANConfig
 from utils.methods.supervised import SupervisedConfig
 from utils.neighbours import NeighbourConfig
 
@@ -31,6 +32,7 @@ CONFIGS = {
     "hncl": HNCLConfig(**SSL, neighbours=NeighbourConfig(k=3)),
     "byol": BYOLConfig(stem_stride=4, projector_hidden=64, projector_dim=32, predictor_hidden=64),
     "fra": FRAConfig(stem_stride=2, projector_hidden=64, projector_dim=32, predictor_hidden=64, dense_hidden=32),
+    "ran": RANConfig(stem_stride=4, tta="flip"),
     "random-init": RandomInitConfig(stem_stride=4),
     "raw-pixels": RawPixelsConfig(),
 }
@@ -68,7 +70,7 @@ def finished_runs(sample, tmp_path_factory):
 
 
 def test_every_method_file_registers_its_method():
-    assert {"supervised", "moco_v2", "hncl", "byol", "fra", "random-init", "raw-pixels"} <= set(methods.names())
+    assert {"supervised", "moco_v2", "hncl", "byol", "fra", "ran", "random-init", "raw-pixels"} <= set(methods.names())
     for name in methods.names():
         cls = methods.get(name)
         assert cls.name == name and methods.for_config(cls.Config()) is cls

@@ -359,3 +359,43 @@ def test_merge_refuses_images_of_different_sizes():
     extra = prepared("rafdb", [0, 1], ["train", "test"], size=12)
     with pytest.raises(ValueError, match="shapes"):
         merge(base, extra)
+
+
+def test_runs_pooled_by_protocol_and_the_cross_dataset_matrix(tmp_path):
+    def run(method, seed, acc, cross=None, dataset="fer2013"):
+        record = {
+            "method": method,
+            "seed": seed,
+            "epochs_run": 10,
+            "dataset": {"name": dataset},
+            "config": {"model": {"backbone": "resnet18"}, "train": {"seed": seed}},
+            "evaluations": {"supervised": {"val": metrics(acc), "test": metrics(acc - 0.01)}},
+        }
+        if cross:
+            record["cross_dataset"] = {k: {"metrics": metrics(v)} for k, v in cross.items()}
+        return record
+
+    records = [
+        run("supervised", 0, 0.60, {"ferplus/test": 0.50}),
+        run("supervised", 1, 0.62, {"ferplus/test": 0.54}),
+        run("ran", 0, 0.64, dataset="ferplus"),
+        {
+            "method": "byol",
+            "seed": 0,
+            "config": {"seed": 0},
+            "evaluations": {"linear": {"val": metrics(0.4)}, "knn": {"val": metrics(0.35)}},
+        },
+    ]
+    for i, record in enumerate(records):
+        runs.write_record(tmp_path / f"r{i}", record)
+    loaded = runs.load_records(tmp_path)
+    pooled = results.by_protocol(loaded).set_index(["method", "protocol"])
+    assert pooled.loc[("supervised", "supervised"), "seeds"] == 2
+    assert pooled.loc[("supervised", "supervised"), "accuracy"] == pytest.approx(0.61)
+    assert pooled.loc[("byol", "kNN"), "accuracy"] == pytest.approx(0.35)
+    matrix = results.cross_dataset_matrix(loaded)
+    assert list(matrix.index) == ["supervised (fer2013)"]  # only runs evaluated elsewhere
+    assert matrix.loc["supervised (fer2013)", "ferplus/test"] == pytest.approx(0.52)
+    assert matrix.loc["supervised (fer2013)", "fer2013/test"] == pytest.approx(0.60)
+    reference = results.reference_table()
+    assert set(reference["source"].str.endswith("seed report")) == {True}  # labelled, kept apart

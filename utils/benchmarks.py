@@ -200,21 +200,6 @@ def _interleaved(runners: dict, batches: int, repeats: int) -> dict:
     return {name: (statistics.median(r), [round(v, 1) for v in r]) for name, r in rates.items()}
 
 
-def _method_config(text: str):
-    """``name`` or ``name:field=value,field=value`` (values parsed as JSON, else strings) -> a method config."""
-    from . import methods
-
-    name, _, settings = text.partition(":")
-    overrides = {}
-    for item in filter(None, settings.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return methods.get(name).Config(**overrides)
-
-
 def bench_methods(args) -> dict:
     """Pretraining images/s of the suite's methods on the same data, batch and precision; the first is the
     reference of the ratios. ``--methods byol fra fra:region_stage=layer3,last_stride=2``."""
@@ -229,7 +214,7 @@ def bench_methods(args) -> dict:
     prepared = _prepared(args.data)
     runners = {}
     for text in args.methods:
-        config = _method_config(text)
+        config = methods.config_from_text(text)
         cls = methods.for_config(config)
         train = face_tensors(prepared, "train", config.channels)
         spec = InputSpec(1 + ("+" in config.channels), 1, tuple(prepared.classes), prepared.images.shape[1], len(train))

@@ -38,7 +38,6 @@ def summary_table(records: list[dict], split: str = "val"):
                 continue
             rows.append(
                 {
-                    "run": r["run_dir"],
                     "method": r.get("method"),
                     **describe(r),
                     "protocol": protocol,
@@ -50,6 +49,7 @@ def summary_table(records: list[dict], split: str = "val"):
                     "macro_f1": m["macro_f1"],
                     "n": m["n"],
                     "train_minutes": round(r.get("train_seconds", 0) / 60, 1),
+                    "run": r.get("run_dir", r.get("run")),  # last: the longest, and the least read
                 }
             )
     return pd.DataFrame(rows)
@@ -62,16 +62,17 @@ def probe_table(records: list[dict], split: str = "val", protocols=("linear", "k
     rows = []
     for r in records:
         evaluations = r.get("evaluations", {})
-        row = {"run": r.get("run_dir", r.get("run")), "method": r.get("method"), **describe(r)}
+        row = {"method": r.get("method"), **describe(r)}
         for protocol in protocols:
             m = evaluations.get(protocol, {}).get(split)
             if m is not None:
                 row[f"{protocol}_accuracy"] = m["accuracy"]
                 row[f"{protocol}_macro_f1"] = m["macro_f1"]
         row["pretrain_minutes"] = round(r.get("train_seconds", 0) / 60, 1)
+        row["run"] = r.get("run_dir", r.get("run"))
         rows.append(row)
-    columns = ["run", "method", "variant", "seed", "epochs", "setting"]
-    columns += [f"{p}_{m}" for p in protocols for m in ("accuracy", "macro_f1")] + ["pretrain_minutes"]
+    columns = ["method", "variant", "seed", "epochs", "setting"]
+    columns += [f"{p}_{m}" for p in protocols for m in ("accuracy", "macro_f1")] + ["pretrain_minutes", "run"]
     return pd.DataFrame(rows, columns=columns)  # the same columns whichever protocols the runs have
 
 
@@ -104,3 +105,57 @@ def representation_records(records: list[dict], dataset: str, backbone: str, cha
         )
 
     return [r for r in records if comparable(r)]
+
+
+PROTOCOLS = {"supervised": "supervised", "finetune": "fine-tune", "linear": "linear", "knn": "kNN"}
+"""How each evaluation key reads in the tables (keys with ``+<tta>`` keep their test-time augmentation)."""
+
+REFERENCE = [  # what the seed reports publish, never mixed with measured rows
+    {"method": "hncl / moco_v2", "protocol": "linear", "dataset": "FER2013", "accuracy": "39-44 %", "source": "HNCL seed report"},
+    {"method": "supervised", "protocol": "supervised", "dataset": "FER2013 (val)", "accuracy": "61-67 %", "source": "supervised seed report"},
+    {"method": "fra", "protocol": "linear", "dataset": "AffectNet", "accuracy": "66.16 %", "source": "FRA seed report"},
+    {"method": "byol", "protocol": "linear", "dataset": "AffectNet", "accuracy": "65.65 %", "source": "FRA seed report"},
+    {"method": "ran", "protocol": "supervised", "dataset": "FERPlus", "accuracy": "86 %", "source": "RAN seed report"},
+]  # fmt: skip
+
+
+def reference_table():
+    """The seed reports' published figures, labelled as such: context for the measured rows, not results."""
+    import pandas as pd
+
+    return pd.DataFrame(REFERENCE)
+
+
+def by_protocol(records: list[dict], split: str = "val"):
+    """Every run's every evaluation, pooled over seeds per method, variant, protocol and setting: mean,
+    standard deviation across seeds and the number of seeds, best first within each protocol."""
+    table = summary_table(records, split)
+    if table.empty:
+        return table
+    table = table.assign(protocol=table["protocol"].map(lambda p: PROTOCOLS.get(p, p)))
+    keep = ["method", "variant", "protocol", "epochs", "setting", "seed", "accuracy", "macro_f1", "train_minutes"]
+    pooled = over_seeds(table[keep], by=("method", "variant", "protocol", "epochs", "setting"))
+    return pooled.sort_values(["protocol", "accuracy"], ascending=[True, False]).reset_index(drop=True)
+
+
+def cross_dataset_matrix(records: list[dict], metric: str = "accuracy"):
+    """Train set x test set: each run's own test (else val) split and every ``cross_dataset`` evaluation of it
+    (``python -m utils.evaluate``), the mean over runs of one method and training set per cell."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        if not r.get("cross_dataset"):
+            continue
+        trained_on = r.get("dataset", {}).get("name")
+        label = f"{r.get('method')} ({trained_on})"
+        for protocol, by_split in r.get("evaluations", {}).items():
+            if "+" in protocol or protocol in ("knn", "linear"):
+                continue
+            split = "test" if "test" in by_split else "val"
+            rows.append({"trained": label, "evaluated": f"{trained_on}/{split}", metric: by_split[split][metric]})
+        for key, entry in r["cross_dataset"].items():
+            rows.append({"trained": label, "evaluated": key, metric: entry["metrics"][metric]})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot_table(index="trained", columns="evaluated", values=metric, aggfunc="mean")

@@ -16,7 +16,18 @@ import pkgutil
 
 from .base import _REGISTRY, EncoderConfig, InputSpec, Method, config_from_dict, register
 
-__all__ = ["EncoderConfig", "InputSpec", "Method", "config_from_dict", "for_config", "get", "names", "register"]
+__all__ = [
+    "EncoderConfig",
+    "InputSpec",
+    "Method",
+    "config_from_dict",
+    "config_from_text",
+    "for_config",
+    "get",
+    "names",
+    "parse_settings",
+    "register",
+]
 
 
 def _discover() -> None:
@@ -46,3 +57,27 @@ def for_config(config) -> type[Method]:
     if len(found) != 1:
         raise ValueError(f"no single method takes a {type(config).__name__} (found {[c.name for c in found]})")
     return found[0]
+
+
+def parse_settings(items) -> dict:
+    """``["lr=0.1", "space=centre", "scale=[0.2, 1]"]`` -> ``{"lr": 0.1, "space": "centre", "scale": [0.2, 1]}``:
+    values that read as JSON are numbers, booleans, null or lists; anything else is a string."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected field=value, not {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def config_from_text(text: str):
+    """``"name"`` or ``"name:field=value,field=value"`` -> that method's config (command lines, benchmarks)."""
+    name, _, settings = text.partition(":")
+    cls = get(name)
+    return config_from_dict(cls.Config, parse_settings(filter(None, settings.split(","))))

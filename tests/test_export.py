@@ -1,0 +1,65 @@
+"""Export: a finished classifier run to ONNX and TorchScript, giving PyTorch's probabilities, with its input
+contract; a representation run is refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils import runs
+from utils.engine import TrainConfig
+from utils.export import export, main
+from utils.methods.moco import MoCoConfig
+from utils.methods.ran import RANConfig
+from utils.methods.supervised import SupervisedConfig
+
+TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
+KWARGS = {"device": "cpu", "progress": False, "steps_per_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def trained(sample, tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "supervised": runs.run(SupervisedConfig(stem_stride=4, tta=None), sample, TRAIN, checkpoint_dir=root, **KWARGS),
+        "ran": runs.run(RANConfig(stem_stride=4, tta=None), sample, TRAIN, checkpoint_dir=root, **KWARGS),
+        "moco_v2": runs.run(
+            MoCoConfig(stem_stride=4, queue_size=64, hidden=32, dim=16), sample, TRAIN, checkpoint_dir=root, **KWARGS
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["supervised", "ran"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_model_gives_pytorchs_probabilities(trained, name, fmt, tmp_path):
+    result = export(trained[name].run_dir, fmt, out=tmp_path / f"model.{fmt}")
+    assert result["max_abs_difference"] is not None and result["max_abs_difference"] <= 1e-4
+    contract = json.loads(result["contract"].read_text())
+    assert contract["classes"] == list(trained[name].method.spec.classes)
+    assert contract["input"]["shape"] == ["N", 1, 48, 48] and "255" in contract["input"]["scaling"]
+    assert contract["faces"]["size"] == 48 and contract["faces"]["align"] is True
+
+
+@pytest.mark.parametrize("name", ["supervised", "ran"])
+def test_onnx_runs_on_real_faces_of_any_batch_size(trained, sample, tmp_path, name):
+    import onnxruntime
+
+    path = export(trained[name].run_dir, "onnx", out=tmp_path / "m.onnx")["model"]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    faces = sample.images[sample.split_indices("val")[:5], None].astype(np.float32) / 255
+    probs = session.run(None, {"faces": faces})[0]
+    assert probs.shape == (5, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        expected = torch.softmax(trained[name].model.eval()(torch.from_numpy(faces)), dim=1).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_a_representation_run_is_refused(trained, tmp_path, capsys):
+    with pytest.raises(ValueError, match="fine-tuning run"):
+        export(trained["moco_v2"].run_dir, "onnx")
+    assert main([str(tmp_path / "nothing"), "--format", "onnx"]) == 2
+    assert "no finished run" in capsys.readouterr().err

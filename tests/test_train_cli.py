@@ -1,0 +1,32 @@
+"""``python -m utils.train``: a method's settings from the command line, a run on the sample, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+from utils import runs
+from utils.train import main
+
+
+def test_show_lists_the_settings_with_the_changes(capsys):
+    assert main(["byol", "--set", "base_momentum=0.99", "projector_dim=64", "--train", "max_minutes=30", "--show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"]["base_momentum"] == 0.99 and shown["config"]["projector_dim"] == 64
+    assert shown["train"]["max_minutes"] == 30 and shown["train"]["lr"] == 0.06  # BYOL's own default
+
+
+def test_bad_settings_are_refused(capsys):
+    assert main(["byol", "--set", "momentum=0.99", "--show"]) == 2
+    assert "has no field(s) ['momentum']" in capsys.readouterr().err
+    assert main(["simclr", "--show"]) == 2
+    assert main(["byol", "--set", "base_momentum", "--show"]) == 2
+
+
+def test_a_run_on_the_sample(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runs, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setenv("FER_QUICK", "1")
+    argv = ["supervised", "--set", "stem_stride=4", "tta=null", "--train", "epochs=1", "batch_size=64", "amp=false"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "supervised: val accuracy" in out
+    assert len(runs.load_records(tmp_path)) == 1
