@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -182,6 +183,23 @@ def test_a_time_budget_fits_the_schedule_to_the_measured_speed(monkeypatch):
     assert result.epochs_run == 10 and result.train_seconds == pytest.approx(60.0)
     assert result.stop_reason == "schedule done"
     assert result.history[-1]["lr"] < 0.01 * config.lr  # the cosine reached its end at the budget
+
+
+def test_a_budget_that_fits_few_steps_shortens_the_warm_up(monkeypatch):
+    """5 warm-up epochs (30 steps) planned, 60 steps fit: the warm-up becomes a fifth of them, 12 steps."""
+    import utils.engine as engine
+
+    clock = Clock(1.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    config = TrainConfig(epochs=50, batch_size=16, amp=False, max_minutes=1.0, warmup_epochs=5)
+    result = fit(clocked_method(clock), toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
+    assert result.total_steps == 60 and result.warmup_steps == 12
+    # the first epoch (6 steps) is timed on the planned 30-step ramp; the fit at its end shortens the ramp
+    assert result.history[0]["lr"] == pytest.approx(config.lr * 6 / 30)
+    assert result.history[1]["lr"] == pytest.approx(config.lr)  # step 12 of 12: the peak
+    unbounded = fit(make_method(), toy_data(), dataclasses.replace(config, max_minutes=None, epochs=6), None,
+                    lambda m: {"score": 0.0}, progress=False)  # fmt: skip
+    assert unbounded.warmup_steps == 30  # without a budget the warm-up is what was asked
 
 
 def test_the_schedule_follows_a_slowdown_between_epochs(monkeypatch, tmp_path):

@@ -63,3 +63,16 @@ def test_a_representation_run_is_refused(trained, tmp_path, capsys):
         export(trained["moco_v2"].run_dir, "onnx")
     assert main([str(tmp_path / "nothing"), "--format", "onnx"]) == 2
     assert "no finished run" in capsys.readouterr().err
+
+
+def test_latency_times_both_runtimes_per_face(trained, tmp_path):
+    from utils.export import latency
+
+    path = export(trained["supervised"].run_dir, "onnx", out=tmp_path / "m.onnx")["model"]
+    rows = latency(trained["supervised"].run_dir, path, batch_sizes=(1, 4), repeats=2)
+    assert [r["batch"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["onnxruntime ms/face"] > 0 and r["pytorch ms/face"] > 0
+        assert r["speed-up"] == pytest.approx(r["pytorch ms/face"] / r["onnxruntime ms/face"])
+    with pytest.raises(FileNotFoundError, match="utils.export"):
+        latency(trained["supervised"].run_dir, tmp_path / "missing.onnx")

@@ -61,7 +61,8 @@ class TrainConfig:
         max_minutes: training-time budget (validation not counted). The run times its first steps and fits
             its schedule to the budget: as many steps as fit (at most ``epochs`` epochs; the last epoch may be
             partial), so warm-up and decay end at the budget on whatever machine it runs; after every epoch
-            the rest of the schedule is fitted again to that epoch's speed. Training stops if a slowdown within
+            the rest of the schedule is fitted again to that epoch's speed. A fitted schedule shorter than
+            planned keeps its warm-up to at most a fifth of its steps (``MAX_WARMUP_SHARE``). Training stops if a slowdown within
             an epoch would overrun the budget (None: no limit, ``epochs`` epochs).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         channels_last: keep convolution weights in channels-last memory order on CPU and CUDA (ResNet-18 on
@@ -191,6 +192,10 @@ class FitResult:
     total_steps: int = 0
     steps_per_epoch: int = 0
     seconds_per_step: float | None = None  # measured to fit the schedule to the time budget
+    warmup_steps: int = 0
+
+
+MAX_WARMUP_SHARE = 0.2  # a time budget that fits few epochs shortens the warm-up to this share of the steps
 
 
 def fit(
@@ -265,6 +270,7 @@ def fit(
         result.resumed_from_epoch = state["epoch"]
         total_steps, fitted = state.get("total_steps", total_steps), state.get("fitted", fitted)
         result.seconds_per_step = state.get("seconds_per_step")
+        warmup = state.get("warmup", warmup)
         if main and progress:
             print(f"resuming {run_dir.name} after epoch {state['epoch'] + 1}/{config.epochs}")
 
@@ -334,6 +340,7 @@ def fit(
             if not fitted and (b + 1 == calibration or b + 1 == epoch_steps) and b >= 1:
                 result.seconds_per_step = (time.perf_counter() - timer[0]) / (step - timer[1])
                 total_steps = _fit_schedule(step, total_steps, budget - elapsed, result.seconds_per_step)
+                warmup = min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))  # only ever shortened
                 epoch_steps, fitted = min(steps, total_steps - (step - done)), True
                 epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
             if budget is not None and _agree(elapsed >= budget) and step < total_steps:
@@ -346,6 +353,7 @@ def fit(
             # re-fit the rest of the schedule to this epoch's speed (machines slow down and speed up)
             result.seconds_per_step = train_time / done
             total_steps = _fit_schedule(step, steps * config.epochs, budget - result.train_seconds, train_time / done)
+            warmup = min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))
         row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         method.eval()
         scores = validate(method) if validate is not None else {"score": float(epoch)}
@@ -377,6 +385,7 @@ def fit(
                     "total_steps": total_steps,
                     "fitted": fitted,
                     "seconds_per_step": result.seconds_per_step,
+                    "warmup": warmup,
                     "rng": _rng_state(),
                 },
                 last,
@@ -389,7 +398,7 @@ def fit(
             break
     epochs_bar.close()
     result.epochs_run = len(result.history)
-    result.total_steps, result.steps_per_epoch = total_steps, steps
+    result.total_steps, result.steps_per_epoch, result.warmup_steps = total_steps, steps, warmup
     if run_dir is not None and (run_dir / "best.pt").is_file():
         method.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
     method.eval()

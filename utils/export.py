@@ -86,6 +86,9 @@ def export(folder, fmt: str = "onnx", out=None, check: bool = True) -> dict:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based ONNX exporter's notice
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in favour of torch.export
+        # torchvision's roi_align (RAN's crops) checks its inputs with Python booleans while tracing; the check
+        # below runs the exported model on a batch of another size, which a wrongly frozen shape would fail
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "onnx":
             torch.onnx.export(
                 model,
@@ -101,8 +104,55 @@ def export(folder, fmt: str = "onnx", out=None, check: bool = True) -> dict:
     tmp.replace(out)
     contract_path = out.with_name(out.name.split(".")[0] + ".json")
     contract_path.write_text(json.dumps(contract(run), indent=1))
-    difference = _max_difference(model, out, fmt, example) if check else None
+    other = torch.rand(3, *example.shape[1:], generator=torch.Generator().manual_seed(1))  # another batch size
+    difference = _max_difference(model, out, fmt, other) if check else None
     return {"model": out, "contract": contract_path, "max_abs_difference": difference}
+
+
+def latency(folder, path=None, batch_sizes=(1, 64), repeats: int = 7, threads: int | None = None) -> list[dict]:
+    """Milliseconds per face of the exported ONNX model under ONNX Runtime against the PyTorch model (eager,
+    float32), both on the CPU, timed alternately in one process (median of ``repeats``, after a warm-up)."""
+    import time
+
+    import numpy as np
+    import onnxruntime
+
+    from .runs import load_run
+
+    run = load_run(folder, device="cpu")
+    model = Probabilities(run.method.classifier()).eval()
+    path = Path(path) if path is not None else Path(folder) / "model.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no exported model; run python -m utils.export {folder} --format onnx first")
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        torch.set_num_threads(threads)
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    spec = run.method.spec
+    rows = []
+    for n in batch_sizes:
+        x = torch.rand(
+            n, spec.in_channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0)
+        )
+        feed = {"faces": x.numpy()}
+        runners = {
+            "onnxruntime": lambda feed=feed: session.run(None, feed),
+            "pytorch": lambda x=x: model(x),
+        }
+        times = {name: [] for name in runners}
+        with torch.no_grad():
+            for f in runners.values():
+                f()  # warm-up
+            for _ in range(repeats):
+                for name, f in runners.items():
+                    start = time.perf_counter()
+                    f()
+                    times[name].append(time.perf_counter() - start)
+        row = {"batch": n, **{f"{k} ms/face": 1000 * float(np.median(v)) / n for k, v in times.items()}}
+        row["speed-up"] = row["pytorch ms/face"] / row["onnxruntime ms/face"]
+        rows.append(row)
+    return rows
 
 
 def _max_difference(model, path: Path, fmt: str, example: torch.Tensor) -> float | None:
@@ -127,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="a finished run's folder (checkpoints/<run>)")
     parser.add_argument("--format", default="onnx", choices=FORMATS)
     parser.add_argument("--out", default=None, help="the model file (default: inside the run's folder)")
+    parser.add_argument("--latency", action="store_true", help="onnx: time it against PyTorch on this CPU")
     args = parser.parse_args(argv)
     try:
         result = export(args.run_dir, args.format, args.out)
@@ -136,6 +187,12 @@ def main(argv=None) -> int:
     print(f"wrote {result['model']} and {result['contract']}")
     if result["max_abs_difference"] is not None:
         print(f"largest difference from PyTorch's probabilities: {result['max_abs_difference']:.2e}")
+    if args.latency and args.format == "onnx":
+        for row in latency(args.run_dir, result["model"]):
+            print(
+                f"batch {row['batch']:>3}: ONNX Runtime {row['onnxruntime ms/face']:.2f} ms/face, "
+                f"PyTorch {row['pytorch ms/face']:.2f} ms/face ({row['speed-up']:.2f}x)"
+            )
     return 0
 
 

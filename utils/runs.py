@@ -296,6 +296,7 @@ def _fit_summary(result: FitResult | None, batch: int) -> dict:
             "total_steps": result.total_steps,
             "epochs": round(result.total_steps / max(result.steps_per_epoch, 1), 2),
             "seconds_per_step": result.seconds_per_step,
+            "warmup_steps": result.warmup_steps,
         },
         "history": result.history,
     }
