@@ -131,7 +131,7 @@ def test_fra_forward_is_the_weighted_sum_of_its_three_losses():
     assert logs["global"] == pytest.approx(float(glob), rel=1e-4)
     assert logs["region"] == pytest.approx(float(reg), rel=1e-4)
     assert logs["relation"] == pytest.approx(float(rel), rel=1e-4)
-    assert float(loss) == pytest.approx(0.5 * float(glob) + 0.5 * float(reg) + 0.1 * float(rel), rel=1e-4)
+    assert loss.item() == pytest.approx(0.5 * float(glob) + 0.5 * float(reg) + 0.1 * float(rel), rel=1e-4)
 
 
 # --------------------------------------------------------------------------------------- region table
