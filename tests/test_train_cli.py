@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from utils import runs
 from utils.train import main
 
@@ -30,3 +32,12 @@ def test_a_run_on_the_sample(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "supervised: val accuracy" in out
     assert len(runs.load_records(tmp_path)) == 1
+
+
+def test_settings_read_json_and_python_literals():
+    from utils.methods import parse_settings
+
+    got = parse_settings(["lr=0.1", "space=centre", "scale=[0.2, 1]", "tta=None", "amp=False", "flip=true"])
+    assert got == {"lr": 0.1, "space": "centre", "scale": [0.2, 1], "tta": None, "amp": False, "flip": True}
+    with pytest.raises(ValueError, match="field=value"):
+        parse_settings(["lr"])

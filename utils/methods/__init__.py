@@ -61,7 +61,8 @@ def for_config(config) -> type[Method]:
 
 def parse_settings(items) -> dict:
     """``["lr=0.1", "space=centre", "scale=[0.2, 1]"]`` -> ``{"lr": 0.1, "space": "centre", "scale": [0.2, 1]}``:
-    values that read as JSON are numbers, booleans, null or lists; anything else is a string."""
+    values that read as JSON are numbers, booleans, null or lists (Python's ``None``, ``True`` and ``False`` are
+    read as JSON's); anything else is a string."""
     import json
 
     out = {}
@@ -69,6 +70,7 @@ def parse_settings(items) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"expected field=value, not {item!r}")
+        value = {"None": "null", "True": "true", "False": "false"}.get(value.strip(), value)
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
