@@ -8,25 +8,13 @@ import math
 
 import pytest
 import torch
+from helpers import BYOL_SMALL, randn, spec
 
 from utils.engine import TrainConfig, fit
 from utils.heads import mlp, update_momentum
 from utils.loader import face_tensors
 from utils.losses import byol_loss
-from utils.methods import InputSpec
 from utils.methods.byol import BYOL, BYOLConfig, target_momentum
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def spec(train_size=100):
-    return InputSpec(1, 1, tuple("abcdefg"), 48, train_size)
-
-
-SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
-
 
 # ---------------------------------------------------------------------------------------------- BYOL
 
@@ -96,7 +84,7 @@ def test_byol_heads_are_the_papers():
 
 
 def test_byol_step_moves_the_target_by_the_scheduled_rate():
-    method = BYOL(BYOLConfig(**SMALL), spec())
+    method = BYOL(BYOLConfig(**BYOL_SMALL), spec())
     with torch.no_grad():
         for p in method.encoder.parameters():
             p.add_(1.0)
@@ -111,7 +99,7 @@ def test_byol_step_moves_the_target_by_the_scheduled_rate():
 
 def test_byol_forward_is_the_symmetrised_loss():
     torch.manual_seed(0)
-    method = BYOL(BYOLConfig(**SMALL), spec())
+    method = BYOL(BYOLConfig(**BYOL_SMALL), spec())
     x = torch.rand(8, 1, 48, 48, generator=torch.Generator().manual_seed(1))
     loss, _ = method(x, None, None, torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(2)
@@ -127,7 +115,7 @@ def test_byol_forward_is_the_symmetrised_loss():
 
 @pytest.mark.slow
 def test_the_loss_falls_over_20_steps_on_the_sample(sample):
-    method_class, config = BYOL, BYOLConfig(**SMALL)
+    method_class, config = BYOL, BYOLConfig(**BYOL_SMALL)
     train = face_tensors(sample, "train", "gray")
     torch.manual_seed(0)
     method = method_class(config, spec(len(train)))

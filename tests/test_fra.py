@@ -10,25 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BYOL_SMALL, randn, spec
 
 from utils.engine import TrainConfig, fit
 from utils.loader import face_tensors
 from utils.losses import byol_loss, region_loss, relation_loss, sinkhorn
-from utils.methods import InputSpec
 from utils.methods.fra import FRA, FRAConfig, sine_positions
 from utils.regions import GROUPS, group_map, group_shares, region_table
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def spec(train_size=100):
-    return InputSpec(1, 1, tuple("abcdefg"), 48, train_size)
-
-
-SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
-
 
 # ---------------------------------------------------------------------------------------------- FRA
 
@@ -85,13 +73,13 @@ def test_relation_loss_against_a_slow_reference():
 def test_fra_refuses_a_map_smaller_than_six():
     with pytest.raises(ValueError, match="at least 6x6.*3x3"):
         FRA(FRAConfig(region_stage=None), spec())
-    small = {**SMALL, "stem_stride": 2}
+    small = {**BYOL_SMALL, "stem_stride": 2}
     assert FRA(FRAConfig(last_stride=1, region_stage=None, **small), spec()).region is not None
 
 
 def test_fra_heatmaps_are_distributions_and_regions_compete_for_positions():
     torch.manual_seed(0)
-    method = FRA(FRAConfig(stem_stride=2, **{k: v for k, v in SMALL.items() if k != "stem_stride"}), spec())
+    method = FRA(FRAConfig(stem_stride=2, **{k: v for k, v in BYOL_SMALL.items() if k != "stem_stride"}), spec())
     x = torch.rand(3, 1, 48, 48, generator=torch.Generator().manual_seed(1))
     heat = method.region_heatmaps(x)
     assert heat.shape == (3, 8, 6, 6)
@@ -195,7 +183,7 @@ def test_the_loss_falls_over_20_steps_on_the_sample(sample):
 
 def test_hard_heatmaps_are_the_positions_each_query_wins():
     torch.manual_seed(0)
-    method = FRA(FRAConfig(stem_stride=2, **{k: v for k, v in SMALL.items() if k != "stem_stride"}), spec())
+    method = FRA(FRAConfig(stem_stride=2, **{k: v for k, v in BYOL_SMALL.items() if k != "stem_stride"}), spec())
     x = torch.rand(3, 1, 48, 48, generator=torch.Generator().manual_seed(1))
     partition = method.region_partition(x)  # (3, 6, 6)
     hard = method.region_heatmaps(x, hard=True)  # (3, 8, 6, 6)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randn
 
 from utils import robustness, runs
 from utils.data import ferplus_distribution
@@ -20,11 +21,6 @@ from utils.methods import InputSpec
 from utils.methods.ran import FIXED_CROPS, RAN, RANConfig, landmark_boxes, region_crops
 from utils.methods.supervised import SupervisedConfig
 from utils.robustness import OCCLUSIONS, occlude, occlusion_masks, yaw_proxy
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
 
 # ---------------------------------------------------------------------------------------------- attention
 
