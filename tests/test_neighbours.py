@@ -1,6 +1,9 @@
-"""The heatmap-neighbour index: exact kNN against brute force, random ties, descriptors, cache, agreement."""
+"""The heatmap-neighbour index: exact kNN against brute force, random ties, descriptors, cache, agreement,
+and the approximate (faiss) search against the exact one."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,11 +13,14 @@ import torch.nn.functional as F
 from utils.faces import landmark_heatmaps
 from utils.neighbours import (
     NeighbourConfig,
+    approximate_neighbours,
     build_index,
     heatmap_descriptors,
     label_agreement,
     nearest_neighbours,
     normalised_landmark_heatmaps,
+    recall_at_k,
+    search_neighbours,
 )
 
 
@@ -171,3 +177,129 @@ def test_index_in_every_space(sample, space):
 def test_unknown_space_is_refused():
     with pytest.raises(ValueError, match="space"):
         NeighbourConfig(space="pixels")
+
+
+def test_unknown_search_is_refused():
+    with pytest.raises(ValueError, match="exact.*approximate.*auto"):
+        NeighbourConfig(search="faiss")
+
+
+def clustered(n=3000, dim=16, clusters=30, seed=0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (clusters, dim))
+    return torch.from_numpy((centres[rng.integers(clusters, size=n)] + rng.normal(size=(n, dim))).astype(np.float32))
+
+
+def check_neighbours(feats: torch.Tensor, indices: np.ndarray, distances: np.ndarray, k: int) -> None:
+    """``k`` distinct other rows per row, nearest first, at their true Euclidean distances."""
+    n = len(feats)
+    assert indices.shape == distances.shape == (n, k)
+    assert indices.dtype == np.int64 and distances.dtype == np.float32
+    assert ((indices >= 0) & (indices < n)).all()
+    assert (indices != np.arange(n)[:, None]).all()
+    assert all(len(set(row)) == k for row in indices)
+    x = feats.numpy().astype(np.float64)
+    true = np.sqrt(((x[:, None] - x[indices]) ** 2).sum(-1))
+    np.testing.assert_allclose(distances, true, rtol=1e-4, atol=1e-4)
+    assert (np.diff(distances, axis=1) >= -1e-5).all()  # nearest first
+
+
+def test_approximate_neighbours_find_the_exact_ones():
+    feats = clustered()
+    found, distances = approximate_neighbours(feats, k=5, nlist=16, nprobe=4)
+    check_neighbours(feats, found, distances, 5)
+    exact, _ = nearest_neighbours(feats, k=5)
+    assert recall_at_k(found, exact) >= 0.95
+    again, _ = approximate_neighbours(feats, k=5, nlist=16, nprobe=4)
+    np.testing.assert_array_equal(again, found)  # seeded: deterministic
+
+
+def test_approximate_search_skips_the_query_among_duplicates():
+    """With identical rows the query need not come first in faiss's answer; it is dropped wherever it is."""
+    base = clustered(n=300, dim=8).numpy()
+    feats = torch.from_numpy(np.concatenate([base, base, base[:50]]))  # every row has 1 or 2 identical copies
+    indices, distances = approximate_neighbours(feats, k=4, nlist=4, nprobe=4)
+    check_neighbours(feats, indices, distances, 4)
+    n = len(base)
+    twins = [{i + n, i + 2 * n} if i < 50 else {i + n} for i in range(n)]
+    for i in range(n):  # the identical copies come first, at distance 0
+        assert set(indices[i, : len(twins[i])]) == twins[i], i
+        assert (distances[i, : len(twins[i])] == 0).all()
+
+
+def test_approximate_search_breaks_ties_at_random():
+    """Identical descriptors (the centred heatmap): random neighbours, as the exact search gives."""
+    n, k = 200, 5
+    feats = torch.zeros((n, 3))
+    indices, distances = approximate_neighbours(feats, k=k, nlist=4)
+    check_neighbours(feats, indices, distances, k)
+    counts = np.bincount(indices.ravel(), minlength=n)
+    assert (counts > 0).sum() > 0.8 * n and counts.max() < 20
+    assert len({tuple(sorted(row)) for row in indices}) == n
+
+
+def test_rows_with_too_few_candidates_fall_back_to_the_exact_search(monkeypatch):
+    """Many cells and one probed: some cells hold fewer than k + 1 rows, and faiss returns -1 ids."""
+    import utils.neighbours as neighbours
+
+    asked = []
+
+    def exact(features, k, seed=0, chunk=None, rows=None):
+        asked.append(rows)
+        return nearest_neighbours(features, k, seed, chunk, rows)
+
+    monkeypatch.setattr(neighbours, "nearest_neighbours", exact)
+    feats = clustered(n=60, dim=4, clusters=6)
+    indices, distances = approximate_neighbours(feats, k=5, nlist=30, nprobe=1)
+    assert len(asked) == 1 and 0 < len(asked[0]) < 60  # the fallback ran, for some of the rows only
+    check_neighbours(feats, indices, distances, 5)
+    np.testing.assert_array_equal(indices[asked[0]], nearest_neighbours(feats, 5, rows=asked[0])[0])
+
+
+def test_nearest_neighbours_of_some_rows_are_those_of_the_full_search():
+    rng = np.random.default_rng(1)
+    feats = torch.from_numpy(rng.normal(size=(120, 5)).astype(np.float32))
+    full_indices, full_distances = nearest_neighbours(feats, k=4, chunk=50)
+    rows = np.array([0, 7, 55, 56, 119, 3])
+    indices, distances = nearest_neighbours(feats, k=4, chunk=4, rows=rows)
+    np.testing.assert_array_equal(indices, full_indices[rows])
+    np.testing.assert_allclose(distances, full_distances[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_search_is_exact_below_the_threshold():
+    feats = clustered(n=200, dim=4)
+    exact = NeighbourConfig(k=3, exact_below=201)
+    indices, _, method = search_neighbours(feats, exact)
+    assert method == "exact"
+    np.testing.assert_array_equal(indices, nearest_neighbours(feats, k=3)[0])
+    indices, distances, method = search_neighbours(feats, NeighbourConfig(k=3, exact_below=200))
+    assert method == "faiss-ivf"
+    check_neighbours(feats, indices, distances, 3)
+    assert search_neighbours(feats, NeighbourConfig(k=3, search="approximate"))[2] == "faiss-ivf"
+    assert search_neighbours(feats, NeighbourConfig(k=3, search="exact", exact_below=10))[2] == "exact"
+
+
+def test_build_index_records_its_search(tmp_path):
+    heat = random_heatmaps(n=40)
+    prepared = SimpleNamespace(name="toy", heatmaps=heat)
+    rows = np.arange(40)
+    exact = build_index(prepared, rows, NeighbourConfig(k=3, pool=12, components=8), cache_dir=tmp_path)
+    assert exact["search"] == "exact" and not exact["loaded"]
+    config = NeighbourConfig(k=3, pool=12, components=8, exact_below=40)
+    approximate = build_index(prepared, rows, config, cache_dir=tmp_path)
+    assert approximate["search"] == "faiss-ivf" and not approximate["loaded"]  # another cache entry
+    again = build_index(prepared, rows, config, cache_dir=tmp_path)
+    assert again["loaded"] and again["search"] == "faiss-ivf"
+    np.testing.assert_array_equal(again["neighbours"], approximate["neighbours"])
+    assert (
+        build_index(prepared, rows, NeighbourConfig(k=3, pool=12, components=8), cache_dir=False)["search"] == "exact"
+    )
+
+
+def test_recall_at_k_by_hand():
+    exact = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3]])
+    found = np.array([[3, 2, 1], [2, 4, 5], [5, 4, 6]])  # 3 of 3, 1 of 3, 0 of 3
+    assert recall_at_k(found, exact) == pytest.approx(4 / 9)
+    assert recall_at_k(exact, exact) == 1.0
+    with pytest.raises(ValueError):
+        recall_at_k(found[:2], exact)

@@ -7,6 +7,13 @@ between heatmaps and makes the search cheap: 28,709 x 28,709 distances are one m
 64-dimensional vectors per chunk); neighbours are the ``k`` nearest by Euclidean distance, the image
 itself excluded, ties broken at random.
 
+At scale the exact search, quadratic in the number of images, stops being cheap (9 s at 28,709
+images, about 15 min at AffectNet's 290,000). From ``exact_below`` images on (100,000 by default;
+:class:`NeighbourConfig` ``search``), the search is approximate: a faiss inverted-file index
+(:func:`approximate_neighbours`: k-means cells, only the ``nprobe`` cells nearest a query searched),
+which finds most of the exact neighbours (:func:`recall_at_k`; ``python -m utils.benchmarks
+neighbours --search approximate`` measures both) in a fraction of the time. It needs ``faiss-cpu``.
+
 With the seed project's centred heatmap every image has the same heatmap, every distance is zero, and
 the neighbours are therefore random images: exactly what the seed's HNCL used, and the ablation here.
 """
@@ -24,6 +31,8 @@ import torch.nn.functional as F
 from . import cache
 
 SPACES = ("landmarks", "centre", "normalised")
+SEARCHES = ("exact", "approximate", "auto")
+NPROBE = 24  # cells searched per query by the approximate search (of about 4 sqrt(N))
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,11 @@ class NeighbourConfig:
             neighbours).
         pool: heatmaps are average-pooled to pool x pool first.
         components: principal components kept (0: all).
-        seed: breaks ties.
+        seed: breaks ties (and seeds the approximate search's k-means).
+        search: ``"exact"`` (every distance: :func:`nearest_neighbours`), ``"approximate"`` (a faiss
+            inverted-file index: :func:`approximate_neighbours`, needs ``faiss-cpu``), or ``"auto"``:
+            approximate from ``exact_below`` images on, exact below.
+        exact_below: with ``search="auto"``, the number of images from which the search is approximate.
     """
 
     k: int = 5
@@ -46,10 +59,14 @@ class NeighbourConfig:
     pool: int = 24
     components: int = 64
     seed: int = 0
+    search: str = "auto"
+    exact_below: int = 100_000
 
     def __post_init__(self):
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, not {self.space!r}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, not {self.search!r}")
 
 
 def normalised_landmark_heatmaps(landmarks: np.ndarray, size: int, sigma: float) -> np.ndarray:
@@ -70,11 +87,15 @@ def normalised_landmark_heatmaps(landmarks: np.ndarray, size: int, sigma: float)
 
 def heatmap_descriptors(heatmaps: np.ndarray, pool: int, components: int, device="cpu") -> torch.Tensor:
     """``(N, components)`` float32: pooled heatmaps projected on their principal components."""
-    x = torch.from_numpy(np.ascontiguousarray(heatmaps)).to(device=device, dtype=torch.float32)[:, None] / 255
-    size = x.shape[-1]
-    if pool and pool < size:
-        x = F.adaptive_avg_pool2d(x, pool)
-    x = x.flatten(1)  # (N, pool * pool)
+    size = heatmaps.shape[-1]
+    pooled = []
+    for start in range(0, len(heatmaps), 16384):  # in chunks: 290,000 float32 heatmaps at 48 px would be 2.7 GB
+        chunk = np.ascontiguousarray(heatmaps[start : start + 16384])
+        x = torch.from_numpy(chunk).to(device=device, dtype=torch.float32)[:, None] / 255
+        if pool and pool < size:
+            x = F.adaptive_avg_pool2d(x, pool)
+        pooled.append(x.flatten(1))  # (n, pool * pool)
+    x = torch.cat(pooled) if pooled else torch.zeros(0, (pool if pool and pool < size else size) ** 2, device=device)
     x = x - x.mean(dim=0, keepdim=True)
     if components and components < min(x.shape):  # pca_lowrank needs components <= N as well
         generator_state = torch.random.get_rng_state()
@@ -87,15 +108,17 @@ def heatmap_descriptors(heatmaps: np.ndarray, pool: int, components: int, device
 
 @torch.no_grad()
 def nearest_neighbours(
-    features: torch.Tensor, k: int, seed: int = 0, chunk: int | None = None
+    features: torch.Tensor, k: int, seed: int = 0, chunk: int | None = None, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest neighbours of every row among the others (Euclidean), in chunks of queries.
 
     Args:
         chunk: queries per chunk; by default as many as keep a chunk's distance matrix near 256 MB.
+        rows: only these rows are queried (still searched against all ``N``, themselves excluded);
+            by default all of them.
 
     Returns:
-        ``(indices, distances)``: ``(N, k)`` int64 and float32, nearest first.
+        ``(indices, distances)``: ``(len(rows), k)`` int64 and float32, nearest first.
     """
     n = len(features)
     k = min(k, n - 1)
@@ -103,18 +126,155 @@ def nearest_neighbours(
     norms = (features * features).sum(dim=1)  # (N,)
     generator = torch.Generator(device=features.device).manual_seed(seed)
     scale = float(norms.mean().clamp(min=1e-12))
+    queries = torch.arange(n) if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1))
+    queries = queries.to(features.device)
     indices, distances = [], []
-    for start in range(0, n, chunk):
-        q = features[start : start + chunk]  # (c, D)
-        d = norms[start : start + chunk, None] - 2 * q @ features.T + norms[None]  # (c, N) squared distances
+    for start in range(0, len(queries), chunk):
+        rows_here = queries[start : start + chunk]
+        q = features[rows_here]  # (c, D)
+        d = norms[rows_here, None] - 2 * q @ features.T + norms[None]  # (c, N) squared distances
         d = d.clamp_(min=0)
         d += 1e-6 * scale * torch.rand(d.shape, generator=generator, device=d.device)  # random tie-breaking
-        rows = torch.arange(start, start + len(q), device=d.device)
-        d[torch.arange(len(q), device=d.device), rows] = float("inf")  # never one's own neighbour
+        d[torch.arange(len(q), device=d.device), rows_here] = float("inf")  # never one's own neighbour
         top = d.topk(k, dim=1, largest=False)
         indices.append(top.indices.cpu())
         distances.append(top.values.sqrt().cpu())
+    if not indices:  # no rows queried
+        return np.zeros((0, max(k, 0)), dtype=np.int64), np.zeros((0, max(k, 0)), dtype=np.float32)
     return torch.cat(indices).numpy().astype(np.int64), torch.cat(distances).numpy().astype(np.float32)
+
+
+def approximate_neighbours(
+    features: torch.Tensor, k: int, seed: int = 0, nlist: int | None = None, nprobe: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate ``k`` nearest neighbours of every row among the others (Euclidean), with faiss.
+
+    An inverted-file index (``IndexIVFFlat``): k-means, trained on a random subset of at most
+    ``64 * nlist`` rows, splits the rows into ``nlist`` cells; each row is compared with the rows of the
+    ``nprobe`` cells whose centres are nearest it only. Rows for which those cells hold fewer than ``k``
+    others get their neighbours from the exact search (:func:`nearest_neighbours` on those rows). Rows
+    with ``k`` or more neighbours at distance zero (identical descriptors, as images without landmarks
+    have) get ``k`` of them at random, like the exact search's random tie-breaking; the cell holding a
+    large group of identical rows is searched by each of them, though, so such groups cost quadratic time.
+
+    Args:
+        seed: seeds the training subset, the k-means and the tie-breaking: the result is deterministic.
+        nlist: number of cells; by default ``4 sqrt(N)``.
+        nprobe: cells searched per query; by default :data:`NPROBE` (24).
+
+    Returns:
+        ``(indices, distances)``: ``(N, k)`` int64 and float32 Euclidean distances, nearest first.
+
+    Raises:
+        ImportError: when faiss is not installed.
+    """
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError(
+            "the approximate neighbour search needs faiss: pip install faiss-cpu "
+            '(or build the index with NeighbourConfig(search="exact"))'
+        ) from e
+
+    x = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
+    n, dim = x.shape
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.zeros((n, max(k, 0)), dtype=np.int64), np.zeros((n, max(k, 0)), dtype=np.float32)
+    nlist = min(n, max(1, int(round(4 * np.sqrt(n)))) if nlist is None else max(1, int(nlist)))
+    nprobe = min(nlist, NPROBE if nprobe is None else max(1, int(nprobe)))
+    rng = np.random.default_rng(seed)
+    train = x[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
+
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+    index.cp.seed = int(seed)
+    index.train(train)
+    index.add(x)
+    index.nprobe = nprobe
+    sq, found = index.search(x, k + 1)  # squared distances; -1 ids where the cells held too few rows
+
+    # drop the query itself wherever it is (among identical rows it need not come first), else the last
+    own = found == np.arange(n)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(own)
+    keep[np.arange(n), drop] = False
+    indices = found[keep].reshape(n, k).astype(np.int64)
+    distances = np.sqrt(np.maximum(sq[keep].reshape(n, k), 0)).astype(np.float32)
+
+    missing = np.flatnonzero((indices < 0).any(axis=1))
+    if len(missing):
+        indices[missing], distances[missing] = nearest_neighbours(features, k, seed, rows=missing)
+    scale = max(float((x.astype(np.float64) ** 2).sum(axis=1).mean()), 1e-12)
+    _randomise_ties(x, indices, distances, 1e-6 * scale, rng)
+    return indices, distances
+
+
+def _randomise_ties(x: np.ndarray, indices: np.ndarray, distances: np.ndarray, tie: float, rng) -> None:
+    """Rows whose ``k`` neighbours all lie within squared distance ``tie`` get ``k`` others of their group at random.
+
+    faiss returns tied rows in storage order, which would give every row of a group of identical
+    descriptors the same few neighbours; the exact search picks among them at random. In place.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n, k = indices.shape
+    tied = np.flatnonzero(distances[:, -1].astype(np.float64) ** 2 <= tie)
+    if not len(tied):
+        return
+    edges = coo_matrix((np.ones(len(tied) * k), (np.repeat(tied, k), indices[tied].ravel())), shape=(n, n))
+    _, group = connected_components(edges, directed=True, connection="weak")
+    order = tied[np.argsort(group[tied], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, np.diff(group[order]) != 0])
+    for members in np.split(order, starts[1:]):
+        g = len(members)
+        if g <= k:
+            continue
+        if g <= 256:  # a random order of the others per member
+            keys = rng.random((g, g))
+            keys[np.arange(g), np.arange(g)] = np.inf
+            picks = np.argsort(keys, axis=1)[:, :k]
+        else:  # k distinct draws among the g - 1 others, redrawn where two coincide
+            picks = rng.integers(0, g - 1, (g, k))
+            while len(bad := np.flatnonzero((np.diff(np.sort(picks, axis=1), axis=1) == 0).any(axis=1))):
+                picks[bad] = rng.integers(0, g - 1, (len(bad), k))
+            picks += picks >= np.arange(g)[:, None]  # skip oneself
+        chosen = members[picks]
+        d = np.stack([np.linalg.norm(x[members] - x[chosen[:, j]], axis=1) for j in range(k)], axis=1)
+        order_d = np.argsort(d, axis=1, kind="stable")
+        indices[members] = np.take_along_axis(chosen, order_d, axis=1)
+        distances[members] = np.take_along_axis(d, order_d, axis=1)
+
+
+def search_method(config: NeighbourConfig, n: int) -> str:
+    """The search :func:`search_neighbours` runs for ``n`` images: ``"exact"`` or ``"faiss-ivf"``."""
+    if config.search == "approximate" or (config.search == "auto" and n >= config.exact_below):
+        return "faiss-ivf"
+    return "exact"
+
+
+def search_neighbours(features: torch.Tensor, config: NeighbourConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """The ``config.k`` neighbours of every row, exact or approximate as ``config.search`` says.
+
+    Returns:
+        ``(indices, distances, method)``: as :func:`nearest_neighbours`, and ``"exact"`` or ``"faiss-ivf"``.
+    """
+    method = search_method(config, len(features))
+    if method == "exact":
+        return (*nearest_neighbours(features, config.k, config.seed), method)
+    return (*approximate_neighbours(features, config.k, config.seed), method)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over rows of the share of the exact ``k`` neighbours (``(n, k)``) that ``found`` (``(n, k)``) holds."""
+    found, exact = np.asarray(found), np.asarray(exact)
+    if len(found) != len(exact):
+        raise ValueError(f"found and exact differ in rows: {len(found)} and {len(exact)}")
+    if exact.size == 0:
+        return 1.0
+    hit = (exact[:, :, None] == found[:, None, :]).any(axis=2)  # (n, k): each exact neighbour found?
+    return float(hit.mean())
 
 
 def build_index(prepared, rows: np.ndarray, config: NeighbourConfig, device="cpu", cache_dir=None) -> dict:
@@ -122,26 +282,41 @@ def build_index(prepared, rows: np.ndarray, config: NeighbourConfig, device="cpu
 
     Returns:
         ``{"neighbours": (n, k) positions within rows, "distances": (n, k), "seconds": build time,
-        "loaded": bool}``.
+        "search": "exact" or "faiss-ivf" (see :func:`search_neighbours`), "loaded": bool}``.
     """
     from .runtime import DATA_DIR
 
     heat = _space_heatmaps(prepared, rows, config.space)
     digest = hashlib.sha1(np.ascontiguousarray(heat[:: max(1, len(heat) // 2000)]).data).hexdigest()
-    settings = {"config": asdict(config), "rows": len(rows), "rows_sha1": _sha1(rows), "heat_sha1": digest}
+    method = search_method(config, len(rows))
+    # the key names the search that runs, not the threshold that chose it: caches of exact indexes stay valid
+    settings = {
+        "config": {key: value for key, value in asdict(config).items() if key not in ("search", "exact_below")},
+        "rows": len(rows),
+        "rows_sha1": _sha1(rows),
+        "heat_sha1": digest,
+    }
+    if method != "exact":
+        settings["search"] = {"method": method, "nprobe": NPROBE}
 
     def compute():
         tic = time.perf_counter()
         feats = heatmap_descriptors(heat, config.pool, config.components, device)
-        neighbours, distances = nearest_neighbours(feats, config.k, config.seed)
-        return {"neighbours": neighbours, "distances": distances, "seconds": np.array(time.perf_counter() - tic)}
+        neighbours, distances, ran = search_neighbours(feats, config)
+        seconds = np.array(time.perf_counter() - tic)
+        return {"neighbours": neighbours, "distances": distances, "seconds": seconds, "search": np.array(ran)}
 
     folder = cache_dir if cache_dir is not None else DATA_DIR / "cache"
     if cache_dir is False:
         arrays, loaded = compute(), False
     else:
         arrays, loaded = cache.cached(folder, f"{prepared.name}-neighbours", settings, compute)
-    return {**arrays, "seconds": float(arrays["seconds"]), "loaded": loaded}
+    return {
+        **arrays,
+        "seconds": float(arrays["seconds"]),
+        "search": str(arrays.get("search", method)),
+        "loaded": loaded,
+    }
 
 
 def _space_heatmaps(prepared, rows, space: str) -> np.ndarray:

@@ -76,6 +76,7 @@ class HNCL(MoCo):
             "neighbours": {
                 **asdict(self.config.neighbours),
                 "index_seconds": round(index["seconds"], 2),
+                "search": index["search"],
                 "label_agreement": agreement["agreement"],
                 "chance_agreement": agreement["chance"],
             }
