@@ -399,3 +399,47 @@ def test_runs_pooled_by_protocol_and_the_cross_dataset_matrix(tmp_path):
     assert matrix.loc["supervised (fer2013)", "fer2013/test"] == pytest.approx(0.60)
     reference = results.reference_table()
     assert set(reference["source"].str.endswith("seed report")) == {True}  # labelled, kept apart
+
+
+def test_not_above_chance_flags_a_constant_guess_and_skips_smoke_tests(tmp_path):
+    """Quick mode's check (notebook 08): a model that always says the largest class, or guesses at random,
+    is flagged; one that learned is not; a smoke test (capped steps) is not judged."""
+    from utils.evaluation import classification_metrics
+
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(7)]
+    y = np.r_[np.zeros(40, int), rng.integers(1, 7, 70)]  # class 0 is the largest: 40 of 110
+
+    def evaluated(pred):
+        return {"val": classification_metrics(y, np.eye(7)[pred], classes)}
+
+    learned = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, 7, len(y)))
+    records = [
+        {"method": "constant", "run": "c", "evaluations": {"supervised": evaluated(np.zeros_like(y))}},
+        {"method": "random", "run": "r", "evaluations": {"knn": evaluated(rng.integers(0, 7, len(y)))}},
+        {"method": "learned", "run": "l", "evaluations": {"linear": evaluated(learned)}},
+        {"method": "smoke", "run": "s", "steps_per_epoch_cap": 2, "evaluations": {"supervised": evaluated(y * 0)}},
+    ]
+    weak = results.not_above_chance(records, "val", skip=())
+    assert sorted(weak["method"]) == ["constant", "random"]
+    assert sorted(results.not_above_chance(records, "val")["method"]) == ["constant"]  # kNN skipped by default
+    constant = weak[weak["method"] == "constant"].iloc[0]
+    assert constant["accuracy"] == pytest.approx(40 / 110) == constant["largest_class_share"]
+    assert constant["balanced_floor"] == pytest.approx(1.5 / 7)
+    assert results.not_above_chance(records[2:], "val").empty
+
+
+def test_a_capped_run_is_another_run_and_says_so(tmp_path, sample):
+    """steps_per_epoch (a smoke test) is part of a run's identity and record, and tables mark it."""
+    from utils.engine import TrainConfig
+    from utils.methods.supervised import SupervisedConfig
+
+    config = SupervisedConfig(stem_stride=4, tta=None)
+    train = TrainConfig(epochs=1, batch_size=32, amp=False)
+    kwargs = {"device": "cpu", "progress": False, "checkpoint_dir": tmp_path}
+    capped = runs.run(config, sample, train, steps_per_epoch=1, **kwargs)
+    assert capped.record["steps_per_epoch_cap"] == 1
+    assert sum(h["steps"] for h in capped.record["history"]) == 1
+    again = runs.run(config, sample, train, steps_per_epoch=2, **kwargs)
+    assert again.run_dir != capped.run_dir and not again.loaded
+    assert "smoke test: 1 step per epoch" in results.summary_table([capped.record])["variant"].iloc[0]

@@ -4,13 +4,19 @@
 ``loader``      augmented images per second: the suite's in-memory batch loader against a torchvision
                 ``ImageFolder`` + PIL-transforms ``DataLoader`` (the seed project's pipeline) on the same
                 images (notebook 01's export), alternating, in one process.
-``neighbours``  the heatmap-neighbour index: wall time at several dataset sizes.
+``neighbours``  the heatmap-neighbour index: wall time at several dataset sizes; with ``--search approximate``
+                the faiss index's time, its recall@5 against the exact search (on 2,000 query rows with a
+                face) and, up to 60,000 images, the exact search's time and both label agreements.
+                Sizes beyond the training split add faces made by jittering its landmarks (see
+                :func:`bench_neighbours`), never repeated heatmaps.
 ``pretrain``    MoCo v2 or BYOL (``--method``) pretraining images per second: the suite (as
                 :func:`~utils.engine.fit` runs it) against the same method built from the ``lightly`` package
                 (``pip install lightly``) as its documentation builds it, same backbone, batch, input and
                 mixed precision.
 ``methods``     pretraining images per second of several of the suite's methods (``--methods byol fra``),
                 relative to the first: what a method costs beside another.
+``compile``     a classifier's training images per second eager and under ``torch.compile``, in float32 and
+                bfloat16 (where the CPU has it), and the compile time.
 
 Timings are medians over repeats; every comparison runs both sides alternately in one process, so a
 shared, noisy machine affects both alike. Each prints one JSON line.
@@ -136,26 +142,115 @@ def bench_loader(args) -> dict:
 
 
 def bench_neighbours(args) -> dict:
-    from .neighbours import NeighbourConfig, heatmap_descriptors, nearest_neighbours
+    """The neighbour index at ``args.sizes`` images of the training split.
+
+    ``--search exact`` times descriptors + exact search (median over repeats). ``--search approximate``
+    times the descriptors and the faiss search apart, measures recall@k of the faiss neighbours against
+    the exact ones on 2,000 random query rows that have landmarks (exact search of those rows only:
+    among the identical empty heatmaps of faces without landmarks any neighbours are as good, which recall
+    would count as misses), and up to 60,000 images also times the exact search of all rows and, when all
+    images are real, compares both indexes' label agreement.
+
+    Sizes up to the training split take a random subset of it. Larger sizes take all of it and add
+    new faces (repeated heatmaps would be exact duplicates, whose neighbours recall cannot judge): the
+    landmarks of training faces (each in turn), moved by a random similarity transform about their centre
+    (rotation within +-5 degrees, scale within +-5 %, shift within +-1 px) plus 0.3 px of noise per point,
+    seeded, and redrawn as heatmaps (:func:`~utils.faces.landmark_heatmaps`, the preparation's sigma).
+    """
+    from .neighbours import (
+        NeighbourConfig,
+        approximate_neighbours,
+        heatmap_descriptors,
+        label_agreement,
+        nearest_neighbours,
+        recall_at_k,
+    )
 
     prepared = _prepared(args.data)
-    heat = prepared.heatmaps[prepared.split_indices("train")]
+    train = prepared.split_indices("train")
     config = NeighbourConfig()
-    out = {"benchmark": "neighbours", "sizes": {}}
-    rng = np.random.default_rng(0)
+    out = {"benchmark": "neighbours", "search": args.search, "train_images": len(train), "sizes": {}}
     for size in args.sizes:
-        rows = rng.choice(len(heat), size, replace=size > len(heat))  # larger sizes: heatmaps repeated
-        sample = heat[rows]
-        times = []
+        rng = np.random.default_rng(0)
+        heat, real, has_face = _neighbour_heatmaps(prepared, train, size, rng)
+        if args.search == "exact":
+            times = []
+            for _ in range(args.repeats):
+                tic = time.perf_counter()
+                feats = heatmap_descriptors(heat, config.pool, config.components)
+                nearest_neighbours(feats, config.k, config.seed)
+                times.append(time.perf_counter() - tic)
+            out["sizes"][size] = round(statistics.median(times), 2)
+            # progress on stderr, so a long run at large sizes shows what it has measured so far
+            print(json.dumps({"size": size, "seconds": times}), file=sys.stderr, flush=True)
+            continue
+
+        describe, search = [], []
         for _ in range(args.repeats):
             tic = time.perf_counter()
-            feats = heatmap_descriptors(sample, config.pool, config.components)
-            nearest_neighbours(feats, config.k, config.seed)
-            times.append(time.perf_counter() - tic)
-        out["sizes"][size] = round(statistics.median(times), 2)
-        # progress on stderr, so a long run at large sizes shows what it has measured so far
-        print(json.dumps({"size": size, "seconds": times}), file=sys.stderr, flush=True)
+            feats = heatmap_descriptors(heat, config.pool, config.components)
+            describe.append(time.perf_counter() - tic)
+            tic = time.perf_counter()
+            found, _ = approximate_neighbours(feats, config.k, config.seed)
+            search.append(time.perf_counter() - tic)
+        with_face = np.flatnonzero(has_face)
+        queries = np.sort(rng.choice(with_face, min(args.queries, len(with_face)), replace=False))
+        exact_queries, _ = nearest_neighbours(feats, config.k, config.seed, rows=queries)
+        entry = {
+            "synthetic_images": int(size - len(real)),
+            "descriptors_seconds": round(statistics.median(describe), 2),
+            "approximate_seconds": round(statistics.median(search), 2),
+            f"recall_at_{config.k}": round(recall_at_k(found[queries], exact_queries), 4),
+            "recall_queries": len(queries),
+        }
+        if size <= args.exact_up_to:
+            exact_times = []
+            for _ in range(args.repeats):
+                tic = time.perf_counter()
+                exact, _ = nearest_neighbours(feats, config.k, config.seed)
+                exact_times.append(time.perf_counter() - tic)
+            entry["exact_seconds"] = round(statistics.median(exact_times), 2)
+            if len(real) == size:  # real faces only: their labels mean something
+                labels = prepared.labels[train[real]]
+                exact_agreement, found_agreement = label_agreement(exact, labels), label_agreement(found, labels)
+                entry["label_agreement"] = {
+                    "exact": round(exact_agreement["agreement"], 4),
+                    "approximate": round(found_agreement["agreement"], 4),
+                    "chance": round(exact_agreement["chance"], 4),
+                }
+        out["sizes"][size] = entry
+        print(json.dumps({"size": size, **entry}), file=sys.stderr, flush=True)
     return out
+
+
+def _neighbour_heatmaps(prepared, train: np.ndarray, size: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``size`` heatmaps for :func:`bench_neighbours`: real training faces, then jittered ones.
+
+    Returns:
+        ``(heatmaps, real, has_face)``: ``(size, S, S)`` uint8; positions within ``train`` of the real
+        faces (the first ``len(real)`` heatmaps); whether each heatmap has landmarks.
+    """
+    from .faces import landmark_heatmaps
+
+    landmarks = prepared.landmarks[train]
+    found = np.isfinite(landmarks).all(axis=(1, 2))
+    if size <= len(train):
+        real = np.sort(rng.choice(len(train), size, replace=False))
+        return prepared.heatmaps[train[real]], real, found[real]
+    extra = size - len(train)
+    sources = np.resize(rng.permutation(np.flatnonzero(found)), extra)  # every face with landmarks in turn
+    points = landmarks[sources].astype(np.float64)  # (extra, 68, 2)
+    centre = points.mean(axis=1, keepdims=True)
+    angle = np.deg2rad(rng.uniform(-5, 5, extra))
+    scale = rng.uniform(0.95, 1.05, extra)
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)  # (extra, 2, 2)
+    moved = (points - centre) @ rotation.transpose(0, 2, 1) + centre + rng.uniform(-1, 1, (extra, 1, 2))
+    moved += rng.normal(0, 0.3, moved.shape)
+    side = prepared.images.shape[1]
+    jittered = landmark_heatmaps(moved.astype(np.float32), side, prepared.config.sigma)
+    heat = np.concatenate([prepared.heatmaps[train], jittered])
+    return heat, np.arange(len(train)), np.concatenate([found, np.ones(extra, dtype=bool)])
 
 
 def _suite_stepper(method, train, batch_size: int, lr: float, weight_decay: float, device, dtype):
@@ -236,6 +331,55 @@ def bench_methods(args) -> dict:
         "batch_size": args.batch_size,
         "amp": str(dtype),
     }
+
+
+def bench_compile(args) -> dict:
+    """Training images/s of a classifier (``--model``) eager and under ``torch.compile`` (its network compiled;
+    augmentation and loss stay eager), in float32 and, where the CPU has it, bfloat16 autocast, and the compile
+    time: how much longer the compiled model's first 3 steps take than the eager model's."""
+    from . import methods
+    from .engine import amp_dtype
+    from .loader import face_tensors
+    from .methods import InputSpec
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    prepared = _prepared(args.data)
+    config = methods.config_from_text(args.model)
+    cls = methods.for_config(config)
+    train = face_tensors(prepared, "train", config.channels)
+    spec = InputSpec(1 + ("+" in config.channels), 1, tuple(prepared.classes), prepared.images.shape[1], len(train))
+    defaults = {"lr": 0.05, "weight_decay": 5e-4, **cls.train_defaults}
+    out = {"benchmark": "compile", "model": args.model, "batch_size": args.batch_size, "torch": torch.__version__}
+    precisions = {"float32": None}
+    if amp_dtype(device) is not None:
+        precisions["bfloat16"] = amp_dtype(device)
+    for label, dtype in precisions.items():
+        runners, first = {}, {}
+        for mode in ("eager", "compiled"):
+            torch.manual_seed(0)
+            method = cls(config, spec)
+            if mode == "compiled":
+                torch._dynamo.reset()
+                method.encoder = torch.compile(method.encoder)
+            run = _suite_stepper(
+                method, train, args.batch_size, defaults["lr"], defaults["weight_decay"], device, dtype
+            )
+            tic = time.perf_counter()
+            run(3)
+            first[mode] = time.perf_counter() - tic
+            runners[mode] = run
+        rates = _interleaved(runners, args.batches, args.repeats)
+        out[label] = {
+            "eager_images_per_s": round(rates["eager"][0], 1),
+            "compiled_images_per_s": round(rates["compiled"][0], 1),
+            "speed_up": round(rates["compiled"][0] / rates["eager"][0], 3),
+            "compile_seconds": round(first["compiled"] - first["eager"], 1),
+            "eager_all": rates["eager"][1],
+            "compiled_all": rates["compiled"][1],
+        }
+        print(json.dumps({label: out[label]}), file=sys.stderr, flush=True)
+    return out
 
 
 def bench_pretrain(args) -> dict:
@@ -365,9 +509,10 @@ def bench_pretrain(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["prepare", "loader", "neighbours", "pretrain", "methods"])
+    parser.add_argument("what", choices=["prepare", "loader", "neighbours", "pretrain", "methods", "compile"])
     parser.add_argument("--method", default="moco_v2", choices=["moco_v2", "byol"], help="pretrain: which method")
     parser.add_argument("--methods", nargs="+", default=["byol", "fra"], help="methods: name[:field=value,...]")
+    parser.add_argument("--model", default="supervised:stem_stride=2", help="compile: the classifier timed")
     parser.add_argument("--fp32", action="store_true", help="no mixed precision, even where the CPU has bf16")
     parser.add_argument("--data", default="data/fer2013", help="FER2013 CSV or folder")
     parser.add_argument("--images", default="data/exports/fer2013", help="notebook 01's image-folder export")
@@ -377,6 +522,11 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the compared pipeline")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--sizes", type=int, nargs="+", default=[7000, 14000, 28709, 57418])
+    parser.add_argument(
+        "--search", default="exact", choices=["exact", "approximate"], help="neighbours: which search to time"
+    )
+    parser.add_argument("--queries", type=int, default=2000, help="neighbours: query rows recall is measured on")
+    parser.add_argument("--exact-up-to", type=int, default=60000, help="neighbours: largest size also searched exactly")
     args = parser.parse_args(argv)
     result = {
         "prepare": bench_prepare,
@@ -384,6 +534,7 @@ def main(argv=None) -> int:
         "neighbours": bench_neighbours,
         "pretrain": bench_pretrain,
         "methods": bench_methods,
+        "compile": bench_compile,
     }[args.what](args)
     print(json.dumps(result))
     return 0

@@ -183,16 +183,19 @@ def attention_shift(run, prepared, split: str = "val", device=None, seed: int = 
     landmarks = prepared.landmarks[data.index]
     size = prepared.images.shape[1]
     found = np.flatnonzero(np.isfinite(landmarks).all(axis=(1, 2)))
+    clean_shares = region_shares(net, data.x)  # once: every occlusion compares against the same clean faces
     rows = []
     for name in OCCLUSIONS:
         keep = np.arange(len(data)) if name == "random square" else found
         masks = occlusion_masks(landmarks[keep], size, name, seed)
-        clean = data.subset(keep)
-        occluded = occlude(clean.x, masks)
+        occluded = occlude(data.subset(keep).x, masks)
         # which crop each occlusion covers most, per image (crops only: region 0 is the whole face)
         cover = region_crops(torch.as_tensor(masks, device=device)[:, None].float(), net.boxes, 16)
         covered = cover.reshape(len(keep), len(net.boxes), -1).mean(dim=-1).argmax(dim=1) + 1  # (n,)
-        weights = {label: region_shares(net, x) for label, x in (("clean", clean.x), ("occluded", occluded))}
+        weights = {
+            "clean": clean_shares[torch.as_tensor(keep, device=device)],
+            "occluded": region_shares(net, occluded),
+        }
         rows_idx = torch.arange(len(keep), device=device)
         row = {"occlusion": name, "most covered crop": names[int(covered.mode().values)]}
         for label, w in weights.items():

@@ -11,7 +11,9 @@ and :func:`load_run` rebuilds a finished run's method, with its weights, from th
 
 Files of a finished run: ``metrics.json`` (the record; written last, atomically: it marks the run finished),
 ``model.pt`` (the method's state: every network, queue and bank), ``backbone.pt`` (the encoder alone, what
-fine-tuning starts from), ``best.pt`` / ``last.pt`` / ``log.csv`` (the engine's checkpoints and log).
+fine-tuning starts from), ``log.csv`` (the engine's log). The engine's ``last.pt`` (resume state) and
+``best.pt`` live only while a run trains: once ``metrics.json`` is written they are deleted, as ``model.pt``
+holds the selected weights (they were 60 % of a finished run's disk).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def run(
         label, protocol: how the record names the method and the evaluation (a fine-tuned MoCo v2 backbone
             is ``label="moco_v2", protocol="finetune"``).
         force: train again even if a finished run exists.
-        steps_per_epoch: cap on steps per epoch (quick runs).
+        steps_per_epoch: cap on steps per epoch: a smoke test that the method runs, not a result. It is part
+            of the run's identity and its record (``steps_per_epoch_cap``); tables mark such runs.
 
     Under ``torchrun`` every process trains its share of each batch; the first one evaluates and writes
     the run, the others wait for it.
@@ -131,6 +134,8 @@ def run(
     }
     if label != cls.name or protocol not in ("supervised", "pretrain", "floor"):
         setup.update(label=label, protocol=protocol)
+    if steps_per_epoch:  # a capped run (a smoke test) is not the run the same settings would give uncapped
+        setup["steps_per_epoch"] = int(steps_per_epoch)
     if init is not None:  # the starting weights are part of the configuration, by content
         setup["init_sha1"] = hashlib.sha1(Path(init).read_bytes()).hexdigest()
     folder = run_dir(name or f"{label}-{prepared.name}", setup, checkpoint_dir)
@@ -184,6 +189,7 @@ def run(
         "parameters": count_parameters(method.encoder) if hasattr(method, "encoder") else 0,
         "device": str(device),
         "amp": str(amp),
+        **({"steps_per_epoch_cap": int(steps_per_epoch)} if steps_per_epoch else {}),
         **facts,
     }
     if main:
@@ -194,6 +200,8 @@ def run(
         if hasattr(method, "encoder"):
             torch.save(method.encoder_state(), folder / BACKBONE_FILE)
         write_record(folder, record)
+        for transient in ("last.pt", "best.pt"):  # resume state and a copy of model.pt: not needed any more
+            (folder / transient).unlink(missing_ok=True)
     dist_utils.barrier()
     return Run(folder, method, finished(folder) or record, loaded=False, fit=result)
 
