@@ -52,6 +52,7 @@ def summary_table(records: list[dict], split: str = "val"):
                     "balanced_accuracy": m["balanced_accuracy"],
                     "macro_f1": m["macro_f1"],
                     "n": m["n"],
+                    "smoke_test": bool(r.get("steps_per_epoch_cap")),  # a few steps to show it runs: not a result
                     "train_minutes": round(r.get("train_seconds", 0) / 60, 1),
                     "run": r.get("run_dir", r.get("run")),  # last: the longest, and the least read
                 }
