@@ -7,13 +7,19 @@ from __future__ import annotations
 from .cache import settings_key
 
 
+def is_smoke_test(record: dict) -> bool:
+    """Whether a run was capped at a few steps per epoch (``runs.run(steps_per_epoch=...)``): it shows that a
+    model runs, and its scores are not results."""
+    return bool(record.get("steps_per_epoch_cap"))
+
+
 def describe(record: dict) -> dict:
     """What tells two runs of one method apart in a table: ``variant`` (what the method says distinguishes
     its runs, e.g. HNCL's neighbour space and k), ``seed``, ``epochs`` (epochs trained) and ``setting``, a
     digest of the whole configuration except its seeds (runs with the same setting differ only in their seed)."""
     config = record.get("config", {})
     variant = record.get("variant") or ""
-    if record.get("steps_per_epoch_cap"):
+    if is_smoke_test(record):
         cap = record["steps_per_epoch_cap"]
         variant = f"{variant} (smoke test: {cap} step{'s' if cap != 1 else ''} per epoch)".strip()
     return {
@@ -52,7 +58,7 @@ def summary_table(records: list[dict], split: str = "val"):
                     "balanced_accuracy": m["balanced_accuracy"],
                     "macro_f1": m["macro_f1"],
                     "n": m["n"],
-                    "smoke_test": bool(r.get("steps_per_epoch_cap")),  # a few steps to show it runs: not a result
+                    "smoke_test": is_smoke_test(r),
                     "train_minutes": round(r.get("train_seconds", 0) / 60, 1),
                     "run": r.get("run_dir", r.get("run")),  # last: the longest, and the least read
                 }
@@ -141,7 +147,7 @@ def not_above_chance(records: list[dict], split: str = "val", factor: float = 1.
 
     rows = []
     for r in records:
-        if r.get("steps_per_epoch_cap"):
+        if is_smoke_test(r):
             continue
         for protocol, by_split in r.get("evaluations", {}).items():
             m = by_split.get(split)
