@@ -1,0 +1,34 @@
+"""The notebooks' parameters cells, as papermill reads them (``papermill -p NAME VALUE`` is how the README and
+the closing notes run every real-data figure)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import papermill
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+ASSIGNMENT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=")
+
+
+def parameters_cell(path: Path) -> list[str]:
+    cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(cells)}"
+    return "".join(cells[0]["source"]).splitlines()
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 8
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path):
+    """A line papermill cannot parse (e.g. a comment holding ``=``) is dropped with a warning, and ``-p`` on
+    that name is then reported as unknown: every assignment in the cell must come back as a parameter."""
+    written = [m.group(1) for line in parameters_cell(path) if (m := ASSIGNMENT.match(line))]
+    assert written, f"{path.name}: the parameters cell assigns nothing"
+    read = list(papermill.inspect_notebook(str(path)))
+    assert read == written, f"{path.name}: papermill reads {read}, the cell assigns {written}"
