@@ -402,7 +402,7 @@ def test_runs_pooled_by_protocol_and_the_cross_dataset_matrix(tmp_path):
 
 
 def test_not_above_chance_flags_a_constant_guess_and_skips_smoke_tests(tmp_path):
-    """Quick mode's check (notebook 08): a model that always says the largest class, or guesses at random,
+    """Quick mode's check (notebook 09): a model that always says the largest class, or guesses at random,
     is flagged; one that learned is not; a smoke test (capped steps) is not judged."""
     from utils.evaluation import classification_metrics
 

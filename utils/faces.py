@@ -375,6 +375,8 @@ class PreparedFaces:
         rows: ``(N,)`` row of each image in the source :class:`FaceDataset`.
         sources: ``(N,)`` the dataset each image came from (differs only after :func:`merge`).
         soft_labels: ``(N, C)`` float32 label distributions (FERPlus), else None.
+        labelled: for a subset with a fraction of the training labels
+            (:func:`utils.label_efficiency.labelled_subset`), its fraction, seed and training rows; else None.
         config: the :class:`FaceConfig` used.
         problems: unreadable images that were skipped.
         loaded_from_cache: whether :func:`prepare` found these arrays on disk.
@@ -392,6 +394,7 @@ class PreparedFaces:
     sources: np.ndarray
     config: FaceConfig
     soft_labels: np.ndarray | None = None
+    labelled: dict | None = None
     problems: list[Problem] = field(default_factory=list)
     loaded_from_cache: bool = False
 

@@ -388,3 +388,44 @@ def crop_boxes(images, boxes, names, weights=None, title: str = ""):
     fig.suptitle(title or "the regions a face is read through", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def label_efficiency(table, title: str = ""):
+    """Accuracy against the share of training labels (log scale), from
+    :func:`utils.label_efficiency.label_efficiency_table`: one panel per protocol (fine-tune, linear, kNN),
+    one line per initialisation through the mean over seeds, each seed's run as a dot."""
+    plt = _plt()
+    if table.empty:
+        raise ValueError("no label-efficiency rows: fine-tune or probe with labelled_subset first")
+    protocols = [p for p in ("fine-tune", "linear", "knn") if p in set(table["protocol"])]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(3.6 * len(protocols) + 1.2, 3.4), squeeze=False)
+    series = table.groupby(["init", "variant", "setting"], sort=True).ngroup()
+    several = table.groupby(["init", "variant"])["setting"].transform("nunique") > 1
+    for ax, protocol in zip(axes[0], protocols):
+        rows = table[table["protocol"] == protocol]
+        for (init, variant, setting), group in rows.groupby(["init", "variant", "setting"], sort=True):
+            color = f"C{int(series[group.index[0]]) % 10}"
+            label = f"{init} ({variant})" if variant else str(init)
+            if several[group.index[0]]:
+                label += f" [{setting}]"
+            ax.scatter(group["fraction"], group["accuracy"], color=color, s=14, alpha=0.5)
+            means = group.groupby("fraction")["accuracy"].mean()
+            ax.plot(means.index, means.values, "-o", color=color, markersize=4, label=label)
+        ax.set_xscale("log")
+        fractions = sorted(set(table["fraction"]))
+        ax.set_xticks(fractions, [f"{100 * f:g} %" for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("training labels used")
+        ax.set_title({"knn": "kNN", "linear": "linear probe"}.get(protocol, protocol), fontsize=9)
+        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (val)")
+    handles, labels = {}, []
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    labels = list(handles)
+    fig.legend([handles[label] for label in labels], labels, fontsize=7, loc="center right")
+    fig.suptitle(title or "accuracy against the share of training labels (dots: single runs)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_size_inches()[0], 1))
+    return fig

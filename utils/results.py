@@ -19,6 +19,9 @@ def describe(record: dict) -> dict:
     digest of the whole configuration except its seeds (runs with the same setting differ only in their seed)."""
     config = record.get("config", {})
     variant = record.get("variant") or ""
+    labelled = record.get("dataset", {}).get("labelled")
+    if labelled:  # trained with a share of the labels (utils.label_efficiency)
+        variant = f"{variant} ({100 * labelled['fraction']:g} % of the labels)".strip()
     if is_smoke_test(record):
         cap = record["steps_per_epoch_cap"]
         variant = f"{variant} (smoke test: {cap} step{'s' if cap != 1 else ''} per epoch)".strip()
@@ -134,7 +137,7 @@ def not_above_chance(records: list[dict], split: str = "val", factor: float = 1.
     """The evaluations that do not end clearly above chance: balanced accuracy below ``factor`` / C (a
     constant or random guess scores 1 / C over C classes) or accuracy not above the largest class's share
     (what always guessing it scores). Smoke tests (runs capped at a few steps) are left out: they only show
-    that a model runs. Quick mode asks this of every run on the bundled sample (notebook 08).
+    that a model runs. Quick mode asks this of every run on the bundled sample (notebook 09).
 
     ``skip`` leaves protocols out: by default kNN, which stays near chance on the bundled sample whatever the
     features (raw pixels: 0.24-0.26 accuracy, 0.18-0.22 balanced, for k from 5 to 50; its synthetic

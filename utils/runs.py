@@ -325,12 +325,15 @@ def _device(device):
 def data_record(prepared) -> dict:
     """What identifies the training data in a run's configuration and record."""
     sizes = {s: int((prepared.splits == s).sum()) for s in dict.fromkeys(prepared.splits)}
-    return {
+    record = {
         "name": prepared.name,
         "classes": list(prepared.classes),
         "split_sizes": sizes,
         "faces": dataclasses.asdict(prepared.config),
     }
+    if getattr(prepared, "labelled", None) is not None:  # a share of the training labels (label efficiency)
+        record["labelled"] = dict(prepared.labelled)
+    return record
 
 
 # -------------------------------------------------------------------------------------------- records
@@ -355,14 +358,15 @@ def finished(folder) -> dict | None:
 
 
 def write_record(folder, record: dict) -> Path:
-    """Write ``metrics.json`` atomically, adding versions, machine and time."""
+    """Write ``metrics.json`` atomically, adding versions, machine and time. A record that has them already
+    (an evaluation added to a finished run) keeps them: they say where the run was trained."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     record = {
         "status": "finished",
         **record,
-        "versions": versions(),
-        "machine": machine(),
+        "versions": record.get("versions") or versions(),
+        "machine": record.get("machine") or machine(),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path = folder / METRICS_FILE

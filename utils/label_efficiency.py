@@ -1,0 +1,215 @@
+"""Where pretraining pays off: fine-tuning and linear probes with a fraction of the training labels.
+
+The standard semi-supervised evaluation of self-supervised learning (SimCLR, Chen et al. 2020, and BYOL,
+Grill et al. 2020, fine-tune and probe on 1 % and 10 % of ImageNet's labels): a pretrained backbone is worth
+its pretraining where labels are scarce, even when it ties a randomly initialised network with all of them.
+
+- :func:`labelled_subset`: the training split keeps a stratified ``fraction`` of its rows (at least one per
+  class), fixed by a seed; validation and test stay whole, so every fraction is selected and scored on the
+  same images. For one seed the subsets are nested: the 1 % rows are among the 10 % rows.
+- :func:`finetune_with_labels`: :func:`utils.runs.finetune` on that subset. The run's identity and record
+  carry the fraction and seed (``dataset.labelled``), so each fraction is its own run, loaded when finished.
+- :func:`probe_with_labels`: kNN and the linear probe of a finished representation run, fitted on the subset
+  only; written into the run's ``metrics.json`` under ``label_efficiency`` (a finished entry is reused).
+- :func:`label_efficiency_table`: one row per method, initialisation, protocol, fraction and seed, for the
+  results notebook's accuracy-against-labels figure (:func:`utils.plots.label_efficiency`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def labelled_subset(prepared, fraction: float, seed: int = 0):
+    """``prepared`` with only a stratified ``fraction`` of its training rows (the other training rows are
+    dropped; every other split is kept whole).
+
+    Each class keeps ``max(1, round(fraction * n_class))`` of its ``n_class`` training rows: the first ones of
+    a permutation that depends only on ``seed`` and the class, so that for one seed a smaller fraction's rows
+    are among a larger one's. ``fraction == 1`` keeps every row (the same arrays); like every subset it is
+    marked (``labelled``), so a fine-tune of this protocol is never confused with another notebook's.
+
+    Raises:
+        ValueError: for a fraction outside (0, 1], or when ``prepared`` has no training rows.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the label fraction must be in (0, 1], not {fraction!r}")
+    if getattr(prepared, "labelled", None) is not None:
+        raise ValueError(
+            f"{prepared.name} is already a labelled subset ({prepared.labelled}); start from the whole set"
+        )
+    train = prepared.split_indices("train")
+    if len(train) == 0:
+        raise ValueError(f"{prepared.name} has no training rows to take labels from")
+    if fraction == 1.0:  # the same arrays, marked: this protocol's 100 % runs are its own, not notebooks 03-05's
+        return replace(prepared, labelled={"fraction": 1.0, "seed": int(seed), "train_rows": len(train)})
+    keep = []
+    labels = prepared.labels[train]
+    for c in np.unique(labels):
+        rows = train[labels == c]
+        order = np.random.default_rng([seed, int(c)]).permutation(len(rows))
+        keep.append(rows[order[: max(1, round(fraction * len(rows)))]])
+    kept = np.sort(np.concatenate(keep))
+    others = np.flatnonzero(prepared.splits != "train")
+    subset = prepared.subset(np.sort(np.concatenate([kept, others])))
+    return replace(subset, labelled={"fraction": fraction, "seed": int(seed), "train_rows": len(kept)})
+
+
+def label_fraction(record: dict) -> float:
+    """The share of the training labels a run's record was trained (or a probe fitted) with."""
+    return float((record.get("dataset", {}).get("labelled") or {}).get("fraction", 1.0))
+
+
+def finetune_with_labels(pretrained, prepared, fraction: float, train=None, **kwargs):
+    """Fine-tune ``pretrained``'s backbone (a :class:`~utils.runs.Run`) with ``fraction`` of the training labels
+    (drawn with ``train.seed``); every initialisation given the same ``train`` has the same budget.
+    ``kwargs`` go to :func:`utils.runs.finetune`."""
+    from .engine import TrainConfig
+    from .runs import finetune
+
+    train = train or TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+    return finetune(pretrained, labelled_subset(prepared, fraction, train.seed), train, **kwargs)
+
+
+def probe_with_labels(run, prepared, fraction: float, seed: int = 0, device=None, knn_k: int = 20) -> dict:
+    """kNN and linear probe of a finished representation run, fitted on ``fraction`` of the training labels
+    (drawn with ``seed``; C chosen on val from the suite's grid, as with every label), scored on val and test; recorded in the run's ``metrics.json`` under
+    ``label_efficiency["<fraction>/seed<seed>"]`` and returned. An entry already recorded is returned as is;
+    with every label (``fraction == 1``) the entry is the run's own probes.
+
+    Raises:
+        ValueError: for a classifier run (fine-tune it instead) or data other than the run's.
+    """
+    from .engine import amp_dtype
+    from .probes import representation_metrics
+    from .runs import _device, finished, write_record
+
+    record = finished(run.run_dir) or run.record
+    if run.method.kind == "classifier":
+        raise ValueError(f"{run.run_dir.name} is a classifier; probes need a representation (fine-tune instead)")
+    trained_on = record.get("dataset", {}).get("name")
+    if trained_on != prepared.name:
+        raise ValueError(
+            f"{run.run_dir.name} was trained on {trained_on}, not {prepared.name}; probe it on its own data"
+        )
+    subset = labelled_subset(prepared, fraction, seed)
+    if subset.labelled["fraction"] == 1.0:  # every label: the run's own probes are this entry
+        evaluations = record.get("evaluations", {})
+        train_rows = int((prepared.splits == "train").sum())
+        return {
+            "fraction": 1.0,
+            "seed": int(seed),
+            "train_rows": train_rows,
+            **{k: evaluations[k] for k in ("knn", "linear")},
+        }
+    key = f"{float(fraction):g}/seed{int(seed)}"
+    done = record.get("label_efficiency", {}).get(key)
+    if done is not None:
+        return done
+    device = _device(device)
+    run.method.to(device).eval()
+    amp = amp_dtype(device, record.get("config", {}).get("train", {}).get("amp", True))
+    metrics = representation_metrics(run.method.embed, subset, run.method.config.channels, device, amp, knn_k=knn_k)
+    entry = {
+        "fraction": float(fraction),
+        "seed": int(seed),
+        "train_rows": int((subset.splits == "train").sum()),
+        **metrics,
+    }
+    record.setdefault("label_efficiency", {})[key] = entry
+    write_record(Path(run.run_dir), {k: v for k, v in record.items() if k != "run_dir"})
+    run.record = record
+    return entry
+
+
+def label_efficiency_table(records: list[dict], dataset: str, split: str = "val"):
+    """Accuracy against the share of training labels: one row per run (or probe entry), protocol, fraction
+    and seed. Fine-tuning rows come from the fine-tunes of this protocol (:func:`finetune_with_labels`;
+    ``init`` is the pretraining method); probe rows from every representation run's ``label_efficiency``
+    entries and, at 100 %, its own evaluations. Smoke tests (capped runs) are left out."""
+    import pandas as pd
+
+    from .results import describe, is_smoke_test
+
+    by_folder = {r.get("run_dir", r.get("run")): r for r in records}
+    rows = []
+
+    def add(record, protocol, fraction, seed, train_rows, metrics, pretrained=None, origin=None):
+        if metrics is None:
+            return
+        described = describe(pretrained or record)
+        rows.append(
+            {
+                "init": record.get("method"),
+                "variant": described["variant"],
+                "setting": described["setting"],  # the pretraining's settings but its seed
+                "protocol": protocol,
+                "fraction": fraction,
+                "seed": seed,
+                "train_rows": train_rows,
+                "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"],
+                "run": record.get("run_dir", record.get("run")),
+                "pretrained_run": origin or record.get("run_dir", record.get("run")),  # the start point's folder
+            }
+        )
+
+    for r in records:
+        if r.get("dataset", {}).get("name") != dataset or is_smoke_test(r):
+            continue
+        seed, train_rows = r.get("seed"), r.get("dataset", {}).get("split_sizes", {}).get("train")
+        if r.get("protocol") == "finetune" and r.get("dataset", {}).get("labelled"):
+            origin = Path(r["init"]).parent.name if r.get("init") else None
+            metrics = r.get("evaluations", {}).get("finetune", {}).get(split)
+            add(r, "fine-tune", label_fraction(r), seed, train_rows, metrics, by_folder.get(origin), origin)
+        elif r.get("protocol") in ("pretrain", "floor"):
+            evaluations = r.get("evaluations", {})
+            for protocol in ("linear", "knn"):
+                add(r, protocol, 1.0, seed, train_rows, evaluations.get(protocol, {}).get(split))
+            for e in r.get("label_efficiency", {}).values():
+                for protocol in ("linear", "knn"):
+                    add(r, protocol, e["fraction"], e["seed"], e["train_rows"], e.get(protocol, {}).get(split))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values(["protocol", "init", "variant", "setting", "fraction", "seed"]).reset_index(drop=True)
+
+
+def pooled(table):
+    """:func:`label_efficiency_table` pooled over seeds (runs whose pretraining differs only in its seed):
+    mean and standard deviation of the accuracy, and the number of seeds."""
+    if table.empty:
+        return table
+    keys = ["protocol", "init", "variant", "setting", "fraction"]
+    out = table.groupby(keys, dropna=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"mean": "accuracy", "std": "accuracy_std", "count": "seeds"})
+
+
+def newest_pretrained(
+    records: list[dict], dataset: str, inits, backbone: str, channels: str, seed: int, stem_stride: int | None = None
+) -> dict:
+    """``{method: record}``: for each of ``inits`` (``"moco_v2"``, ``"hncl"``, ``"random-init"``,
+    ``"raw-pixels"``, ...) its most recently written finished representation run on ``dataset`` with this
+    backbone, input, stem (None: any) and seed (raw pixels have none), smoke tests left out. Methods without
+    such a run are missing from the result."""
+    from .results import is_smoke_test, representation_records
+
+    def matches(r):
+        stem = r.get("config", {}).get("model", {}).get("stem_stride", stem_stride)
+        return (
+            r.get("method") in inits
+            and r.get("seed") in (seed, None)
+            and (stem_stride is None or stem == stem_stride)
+            and not is_smoke_test(r)
+        )
+
+    chosen = {}
+    for r in representation_records(records, dataset, backbone, channels):
+        newer = r.get("method") not in chosen or r.get("written", "") > chosen[r["method"]].get("written", "")
+        if matches(r) and newer:
+            chosen[r["method"]] = r
+    return {m: chosen[m] for m in inits if m in chosen}
