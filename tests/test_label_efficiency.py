@@ -69,6 +69,18 @@ def test_the_label_share_is_part_of_a_runs_identity(sample):
     assert len(folders) == 4
 
 
+def test_a_small_subset_is_repeated_whole_up_to_the_epoch_share(sample):
+    subset = le.labelled_subset(sample, 0.05, seed=0)
+    kept = subset.rows[subset.splits == "train"]
+    out = le.repeated(subset, 0.5, 500)  # 25 images, repeated to at least 250
+    rows, counts = np.unique(out.rows[out.splits == "train"], return_counts=True)
+    np.testing.assert_array_equal(rows, np.sort(kept))
+    assert set(counts) == {out.labelled["repeats"]} and out.labelled["repeats"] == int(np.ceil(250 / len(kept)))
+    assert out.labelled["train_rows"] == len(kept)  # distinct images
+    np.testing.assert_array_equal(out.rows[out.splits == "val"], sample.rows[sample.splits == "val"])
+    assert le.repeated(subset, 0.01, 500) is subset  # already long enough
+
+
 @pytest.fixture(scope="module")
 def protocol(sample, tmp_path_factory):
     """A random-init backbone, fine-tuned with half and all of the labels, and probed with a quarter."""
@@ -78,7 +90,8 @@ def protocol(sample, tmp_path_factory):
     )
     train = TrainConfig(epochs=1, batch_size=32, lr=0.02, warmup_epochs=0, seed=0)
     tuned = {
-        f: le.finetune_with_labels(backbone, sample, f, train, checkpoint_dir=root, progress=False) for f in (0.5, 1.0)
+        f: le.finetune_with_labels(backbone, sample, f, train, min_epoch_share=0.4, checkpoint_dir=root, progress=False)
+        for f in (0.25, 0.5, 1.0)
     }
     return root, backbone, tuned
 
@@ -92,8 +105,14 @@ def test_finetuning_trains_on_the_subset_only_and_is_loaded_when_finished(sample
     assert half.record["dataset"]["labelled"] == {"fraction": 0.5, "seed": 0, "train_rows": expected}
     assert whole.record["dataset"]["split_sizes"]["train"] == int((sample.splits == "train").sum())
     assert le.label_fraction(half.record) == 0.5 and le.label_fraction(whole.record) == 1.0
+    quarter = tuned[0.25].record["dataset"]  # 125 images, repeated twice to reach 0.4 x 500
+    assert (
+        quarter["labelled"]["repeats"] == 2 and quarter["split_sizes"]["train"] == 2 * quarter["labelled"]["train_rows"]
+    )
     train = TrainConfig(epochs=1, batch_size=32, lr=0.02, warmup_epochs=0, seed=0)
-    again = le.finetune_with_labels(backbone, sample, 0.5, train, checkpoint_dir=root, progress=False)
+    again = le.finetune_with_labels(
+        backbone, sample, 0.5, train, min_epoch_share=0.4, checkpoint_dir=root, progress=False
+    )
     assert again.loaded and again.run_dir == half.run_dir
 
 
@@ -151,7 +170,8 @@ def test_the_table_has_a_row_per_protocol_fraction_and_seed(sample, protocol):
     assert smoke.run_dir.name not in set(table["run"])  # smoke tests are not results
     assert other.run_dir.name not in set(table["run"])  # a fine-tune of another protocol (notebooks 03-05)
     finetunes = table[table["protocol"] == "fine-tune"].set_index("fraction")
-    assert set(finetunes.index) == {0.5, 1.0}
+    assert set(finetunes.index) == {0.25, 0.5, 1.0}
+    assert finetunes.loc[0.25, "train_rows"] == tuned[0.25].record["dataset"]["labelled"]["train_rows"]
     assert finetunes.loc[0.5, "accuracy"] == tuned[0.5].record["evaluations"]["finetune"]["val"]["accuracy"]
     assert set(finetunes["init"]) == {"random-init"}
     linear = table[table["protocol"] == "linear"]

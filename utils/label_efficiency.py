@@ -64,15 +64,33 @@ def label_fraction(record: dict) -> float:
     return float((record.get("dataset", {}).get("labelled") or {}).get("fraction", 1.0))
 
 
-def finetune_with_labels(pretrained, prepared, fraction: float, train=None, **kwargs):
+def repeated(subset, min_epoch_share: float, full_train: int):
+    """``subset`` with its training rows repeated (each the same number of times) until they are at least
+    ``min_epoch_share`` of ``full_train`` images: the engine validates once per epoch, and an epoch of 287
+    images (1 % of FER2013) is 2 steps, so early stopping would judge a model after a few steps and
+    validation would cost more than training. Each repeat is augmented anew. ``labelled["repeats"]`` says how
+    many times (1: not repeated, the subset itself)."""
+    train = np.flatnonzero(subset.splits == "train")
+    repeats = max(1, int(np.ceil(min_epoch_share * full_train / len(train))))
+    if repeats == 1:
+        return subset
+    rows = np.concatenate([np.tile(train, repeats), np.flatnonzero(subset.splits != "train")])
+    return replace(subset.subset(rows), labelled={**subset.labelled, "repeats": repeats})
+
+
+def finetune_with_labels(pretrained, prepared, fraction: float, train=None, min_epoch_share: float = 0.1, **kwargs):
     """Fine-tune ``pretrained``'s backbone (a :class:`~utils.runs.Run`) with ``fraction`` of the training labels
-    (drawn with ``train.seed``); every initialisation given the same ``train`` has the same budget.
+    (drawn with ``train.seed``); every initialisation given the same ``train`` has the same budget. A subset
+    smaller than ``min_epoch_share`` of the training split is repeated up to it (:func:`repeated`), so an
+    epoch, the unit of validation and early stopping, is about the same length at every small fraction.
     ``kwargs`` go to :func:`utils.runs.finetune`."""
     from .engine import TrainConfig
     from .runs import finetune
 
     train = train or TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
-    return finetune(pretrained, labelled_subset(prepared, fraction, train.seed), train, **kwargs)
+    subset = labelled_subset(prepared, fraction, train.seed)
+    subset = repeated(subset, min_epoch_share, int((prepared.splits == "train").sum()))
+    return finetune(pretrained, subset, train, **kwargs)
 
 
 def probe_with_labels(run, prepared, fraction: float, seed: int = 0, device=None, knn_k: int = 20) -> dict:
@@ -163,6 +181,7 @@ def label_efficiency_table(records: list[dict], dataset: str, split: str = "val"
             continue
         seed, train_rows = r.get("seed"), r.get("dataset", {}).get("split_sizes", {}).get("train")
         if r.get("protocol") == "finetune" and r.get("dataset", {}).get("labelled"):
+            train_rows = r["dataset"]["labelled"]["train_rows"]  # distinct images, before any repeat
             origin = Path(r["init"]).parent.name if r.get("init") else None
             metrics = r.get("evaluations", {}).get("finetune", {}).get(split)
             add(r, "fine-tune", label_fraction(r), seed, train_rows, metrics, by_folder.get(origin), origin)
