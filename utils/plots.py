@@ -417,7 +417,7 @@ def label_efficiency(table, title: str = ""):
         ax.minorticks_off()
         ax.set_xlabel("training labels used")
         ax.set_title({"knn": "kNN", "linear": "linear probe"}.get(protocol, protocol), fontsize=9)
-        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=1))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (val)")
     handles, labels = {}, []
