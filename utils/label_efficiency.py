@@ -84,19 +84,19 @@ def finetune_with_labels(pretrained, prepared, fraction: float, train=None, min_
     smaller than ``min_epoch_share`` of the training split is repeated up to it (:func:`repeated`), so an
     epoch, the unit of validation and early stopping, is about the same length at every small fraction.
     ``kwargs`` go to :func:`utils.runs.finetune`."""
+    from .engine import TrainConfig
     from .runs import finetune
 
-    seed = train.seed if train is not None else 0  # None: runs.finetune's settings, whose seed is 0
-    subset = repeated(
-        labelled_subset(prepared, fraction, seed), min_epoch_share, int((prepared.splits == "train").sum())
-    )
+    train = train or TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+    subset = labelled_subset(prepared, fraction, train.seed)
+    subset = repeated(subset, min_epoch_share, int((prepared.splits == "train").sum()))
     return finetune(pretrained, subset, train, **kwargs)
 
 
 def probe_with_labels(run, prepared, fraction: float, seed: int = 0, device=None, knn_k: int = 20) -> dict:
     """kNN and linear probe of a finished representation run, fitted on ``fraction`` of the training labels
-    (drawn with ``seed``; C chosen on val from the suite's grid, as with every label), scored on val and test;
-    recorded in the run's ``metrics.json`` under ``label_efficiency["<fraction>/seed<seed>"]`` and returned. An entry already recorded is returned as is;
+    (drawn with ``seed``; C chosen on val from the suite's grid, as with every label), scored on val and test; recorded in the run's ``metrics.json`` under
+    ``label_efficiency["<fraction>/seed<seed>"]`` and returned. An entry already recorded is returned as is;
     with every label (``fraction == 1``) the entry is the run's own probes.
 
     Raises:
