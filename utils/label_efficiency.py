@@ -80,14 +80,14 @@ def repeated(subset, min_epoch_share: float, full_train: int):
 
 def finetune_with_labels(pretrained, prepared, fraction: float, train=None, min_epoch_share: float = 0.1, **kwargs):
     """Fine-tune ``pretrained``'s backbone (a :class:`~utils.runs.Run`) with ``fraction`` of the training labels
-    (drawn with ``train.seed``); every initialisation given the same ``train`` has the same budget. A subset
-    smaller than ``min_epoch_share`` of the training split is repeated up to it (:func:`repeated`), so an
-    epoch, the unit of validation and early stopping, is about the same length at every small fraction.
+    (drawn with ``train.seed``; without ``train``, :func:`utils.runs.finetune_settings`); every initialisation
+    given the same ``train`` has the same budget. A subset smaller than ``min_epoch_share`` of the training
+    split is repeated up to it (:func:`repeated`), so an epoch, the unit of validation and early stopping, is
+    about the same length at every small fraction.
     ``kwargs`` go to :func:`utils.runs.finetune`."""
-    from .engine import TrainConfig
-    from .runs import finetune
+    from .runs import finetune, finetune_settings
 
-    train = train or TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+    train = train or finetune_settings()
     subset = labelled_subset(prepared, fraction, train.seed)
     subset = repeated(subset, min_epoch_share, int((prepared.splits == "train").sum()))
     return finetune(pretrained, subset, train, **kwargs)
@@ -95,9 +95,10 @@ def finetune_with_labels(pretrained, prepared, fraction: float, train=None, min_
 
 def probe_with_labels(run, prepared, fraction: float, seed: int = 0, device=None, knn_k: int = 20) -> dict:
     """kNN and linear probe of a finished representation run, fitted on ``fraction`` of the training labels
-    (drawn with ``seed``; C chosen on val from the suite's grid, as with every label), scored on val and test; recorded in the run's ``metrics.json`` under
-    ``label_efficiency["<fraction>/seed<seed>"]`` and returned. An entry already recorded is returned as is;
-    with every label (``fraction == 1``) the entry is the run's own probes.
+    (drawn with ``seed``; C chosen on val from the suite's grid, as with every label), scored on val and test;
+    recorded in the run's ``metrics.json`` under ``label_efficiency["<fraction>/seed<seed>"]`` and returned.
+    An entry already recorded is returned as is; with every label (``fraction == 1``) the entry is the run's
+    own probes.
 
     Raises:
         ValueError: for a classifier run (fine-tune it instead) or data other than the run's.

@@ -206,6 +206,12 @@ def run(
     return Run(folder, method, finished(folder) or record, loaded=False, fit=result)
 
 
+def finetune_settings() -> TrainConfig:
+    """The fine-tuning protocol's training settings when none are given: 30 epochs at lr 0.02 with one warm-up
+    epoch, class-weighted cross-entropy, early stopping after 5 epochs without a better val score."""
+    return TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+
+
 def finetune(pretrained: Run, prepared, train: TrainConfig | None = None, tta: str | None = "flip", **kwargs) -> Run:
     """Fine-tune a run's backbone with a new linear head: every weight trains (class-weighted cross-entropy
     and early stopping on val by default). The record keeps the pretraining method's name, protocol
@@ -214,7 +220,7 @@ def finetune(pretrained: Run, prepared, train: TrainConfig | None = None, tta: s
 
     encoder = pretrained.record["config"]["model"]
     shared = {f.name: encoder[f.name] for f in dataclasses.fields(methods.EncoderConfig) if f.name in encoder}
-    train = train or TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+    train = train or finetune_settings()
     return run(
         SupervisedConfig(**shared, tta=tta),
         prepared,
