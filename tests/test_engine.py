@@ -222,6 +222,31 @@ def test_the_schedule_follows_a_slowdown_between_epochs(monkeypatch, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["total_steps"] == result.total_steps  # a resume keeps it
 
 
+def test_a_machine_busy_while_the_first_steps_are_timed_still_gets_its_budget(monkeypatch):
+    """10 s a step while the schedule is first fitted (another program holds the CPU), then 1 s: the fit after
+    12 steps plans 30 steps, ending at 138 s of 300 inside the first epoch (48 steps); the fit again within
+    the epoch (every 12 steps) finds the machine fast and plans what the rest of the budget holds."""
+    import utils.engine as engine
+
+    clock = Clock(10.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    method = clocked_method(clock)
+    forward, steps = method.forward, {"n": 0}
+
+    def busy_then_free(x, y, rows, generator):
+        steps["n"] += 1
+        clock.seconds = 10.0 if steps["n"] <= 12 else 1.0
+        return forward(x, y, rows, generator)
+
+    method.forward = busy_then_free
+    config = TrainConfig(epochs=50, batch_size=2, amp=False, max_minutes=5.0, warmup_epochs=0)  # 48 steps/epoch
+    result = fit(method, toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
+    assert result.total_steps == 24 + (300 - 132)  # re-fitted at step 24 (132 s), 1 s a step from there
+    assert sum(h["steps"] for h in result.history) == result.total_steps == 192
+    assert result.train_seconds == pytest.approx(300.0) and result.stop_reason == "schedule done"
+    assert result.seconds_per_step == pytest.approx(1.0)
+
+
 def test_a_slowdown_within_an_epoch_stops_at_the_budget(monkeypatch):
     import utils.engine as engine
 

@@ -60,10 +60,11 @@ class TrainConfig:
         deterministic: ask PyTorch for deterministic kernels (slower; used by the resume test).
         max_minutes: training-time budget (validation not counted). The run times its first steps and fits
             its schedule to the budget: as many steps as fit (at most ``epochs`` epochs; the last epoch may be
-            partial), so warm-up and decay end at the budget on whatever machine it runs; after every epoch
-            the rest of the schedule is fitted again to that epoch's speed. A fitted schedule shorter than
-            planned keeps its warm-up to at most a fifth of its steps (``MAX_WARMUP_SHARE``). Training stops if a slowdown within
-            an epoch would overrun the budget (None: no limit, ``epochs`` epochs).
+            partial), so warm-up and decay end at the budget on whatever machine it runs; after every epoch,
+            and every tenth of the schedule within one, the rest of the schedule is fitted again to the speed
+            measured since. A fitted schedule shorter than planned keeps its warm-up to at most a fifth of its
+            steps (``MAX_WARMUP_SHARE``). Training stops if a slowdown would overrun the budget before the
+            next fit (None: no limit, ``epochs`` epochs).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         channels_last: keep convolution weights in channels-last memory order on CPU and CUDA (ResNet-18 on
             48x48 faces trains about 1.25x faster on a CPU with bfloat16: the same computation, other kernels).
@@ -306,6 +307,7 @@ def fit(
             desc=f"epoch {epoch + 1}",
             disable=not show_progress(progress and main),
         )
+        timer = (time.perf_counter(), step)  # the steps timed to fit the schedule start here
         for b, (x, y, rows) in enumerate(batches):
             if b >= epoch_steps:
                 break
@@ -336,12 +338,18 @@ def fit(
             done += 1
             if b % 10 == 0:
                 batches.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.3g}")
-            elapsed = result.train_seconds + time.perf_counter() - tic
-            if not fitted and (b + 1 == calibration or b + 1 == epoch_steps) and b >= 1:
-                result.seconds_per_step = (time.perf_counter() - timer[0]) / (step - timer[1])
-                total_steps = _fit_schedule(step, total_steps, budget - elapsed, result.seconds_per_step)
+            now = time.perf_counter()
+            elapsed = result.train_seconds + now - tic
+            calibrated = not fitted and (b + 1 == calibration or b + 1 == epoch_steps) and b >= 1
+            # within an epoch, the rest of the schedule is fitted again every tenth of it (at least every
+            # CALIBRATION_STEPS steps), so a machine that was busy while the first steps were timed still gets
+            # its budget's worth of steps
+            due = fitted and budget is not None and step - timer[1] >= max(CALIBRATION_STEPS, total_steps // 10)
+            if calibrated or (due and step < total_steps):
+                result.seconds_per_step = (now - timer[0]) / (step - timer[1])
+                total_steps = _fit_schedule(step, steps * config.epochs, budget - elapsed, result.seconds_per_step)
                 warmup = min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))  # only ever shortened
-                epoch_steps, fitted = min(steps, total_steps - (step - done)), True
+                epoch_steps, fitted, timer = min(steps, total_steps - (step - done)), True, (now, step)
                 epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
             if budget is not None and _agree(elapsed >= budget) and step < total_steps:
                 out_of_time = True  # slower than measured: stop rather than overrun
@@ -349,10 +357,12 @@ def fit(
                 break
         train_time = time.perf_counter() - tic
         result.train_seconds += train_time
-        if budget is not None and fitted and not out_of_time and done and step < total_steps:
-            # re-fit the rest of the schedule to this epoch's speed (machines slow down and speed up)
-            result.seconds_per_step = train_time / done
-            total_steps = _fit_schedule(step, steps * config.epochs, budget - result.train_seconds, train_time / done)
+        if budget is not None and fitted and not out_of_time and step > timer[1] and step < total_steps:
+            # re-fit the rest of the schedule to the speed since the last fit (machines slow down and speed up)
+            result.seconds_per_step = (tic + train_time - timer[0]) / (step - timer[1])
+            total_steps = _fit_schedule(
+                step, steps * config.epochs, budget - result.train_seconds, result.seconds_per_step
+            )
             warmup = min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))
         row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         method.eval()
