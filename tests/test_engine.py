@@ -158,11 +158,16 @@ class Clock:
         return self.t
 
 
-def clocked_method(clock):
+def clocked_method(clock, seconds=None):
+    """A toy method whose every step advances ``clock``: by ``seconds(n)`` for the n-th step if given, by
+    ``clock.seconds`` otherwise."""
     method = make_method()
-    forward = method.forward
+    forward, steps = method.forward, {"n": 0}
 
     def step(x, y, rows, generator):
+        steps["n"] += 1
+        if seconds is not None:
+            clock.seconds = seconds(steps["n"])
         clock.t += clock.seconds
         return forward(x, y, rows, generator)
 
@@ -228,17 +233,9 @@ def test_a_machine_busy_while_the_first_steps_are_timed_still_gets_its_budget(mo
     the epoch (every 12 steps) finds the machine fast and plans what the rest of the budget holds."""
     import utils.engine as engine
 
-    clock = Clock(10.0)
+    clock = Clock()
     monkeypatch.setattr(engine.time, "perf_counter", clock)
-    method = clocked_method(clock)
-    forward, steps = method.forward, {"n": 0}
-
-    def busy_then_free(x, y, rows, generator):
-        steps["n"] += 1
-        clock.seconds = 10.0 if steps["n"] <= 12 else 1.0
-        return forward(x, y, rows, generator)
-
-    method.forward = busy_then_free
+    method = clocked_method(clock, lambda n: 10.0 if n <= 12 else 1.0)  # busy, then free
     config = TrainConfig(epochs=50, batch_size=2, amp=False, max_minutes=5.0, warmup_epochs=0)  # 48 steps/epoch
     result = fit(method, toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
     assert result.total_steps == 24 + (300 - 132)  # re-fitted at step 24 (132 s), 1 s a step from there
@@ -250,18 +247,11 @@ def test_a_machine_busy_while_the_first_steps_are_timed_still_gets_its_budget(mo
 def test_a_slowdown_within_an_epoch_stops_at_the_budget(monkeypatch):
     import utils.engine as engine
 
-    clock = Clock(1.0)
+    clock = Clock()
+    # from step 41, in the middle of an epoch: the next fit, at step 42, averages 1 s and 5 s steps and plans
+    # more steps than the budget holds
+    method = clocked_method(clock, lambda n: 1.0 if n <= 40 else 5.0)
     monkeypatch.setattr(engine.time, "perf_counter", clock)
-    method = clocked_method(clock)
-    forward, steps = method.forward, {"n": 0}
-
-    def slower_and_slower(x, y, rows, generator):
-        steps["n"] += 1
-        if steps["n"] > 40:  # in the middle of an epoch: too late to re-fit
-            clock.seconds = 5.0
-        return forward(x, y, rows, generator)
-
-    method.forward = slower_and_slower
     config = TrainConfig(epochs=50, batch_size=16, amp=False, max_minutes=1.0, warmup_epochs=0)
     result = fit(method, toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
     assert 60 <= result.train_seconds <= 60 + 5  # stopped by the step that crossed the budget
