@@ -347,8 +347,9 @@ def fit(
             due = fitted and budget is not None and step - timer[1] >= max(CALIBRATION_STEPS, total_steps // 10)
             if calibrated or (due and step < total_steps):
                 result.seconds_per_step = (now - timer[0]) / (step - timer[1])
-                total_steps = _fit_schedule(step, steps * config.epochs, budget - elapsed, result.seconds_per_step)
-                warmup = min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))  # only ever shortened
+                total_steps, warmup = _fit_schedule(
+                    step, steps * config.epochs, budget - elapsed, result.seconds_per_step, warmup
+                )
                 epoch_steps, fitted, timer = min(steps, total_steps - (step - done)), True, (now, step)
                 epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
             if budget is not None and _agree(elapsed >= budget) and step < total_steps:
@@ -360,10 +361,9 @@ def fit(
         if budget is not None and fitted and not out_of_time and step > timer[1] and step < total_steps:
             # re-fit the rest of the schedule to the speed since the last fit (machines slow down and speed up)
             result.seconds_per_step = (tic + train_time - timer[0]) / (step - timer[1])
-            total_steps = _fit_schedule(
-                step, steps * config.epochs, budget - result.train_seconds, result.seconds_per_step
+            total_steps, warmup = _fit_schedule(
+                step, steps * config.epochs, budget - result.train_seconds, result.seconds_per_step, warmup
             )
-            warmup = min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))
         row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         method.eval()
         scores = validate(method) if validate is not None else {"score": float(epoch)}
@@ -418,12 +418,16 @@ def fit(
 CALIBRATION_STEPS = 12  # steps of the first epoch timed to fit the schedule to a time budget
 
 
-def _fit_schedule(step: int, planned: int, seconds_left: float, seconds_per_step: float) -> int:
+def _fit_schedule(
+    step: int, planned: int, seconds_left: float, seconds_per_step: float, warmup: int
+) -> tuple[int, int]:
     """The total steps that fit: those done plus what the time left allows at the measured rate, at most the
-    planned number, at least one more (every process gets the same answer under torchrun)."""
+    planned number, at least one more (every process gets the same answer under torchrun); and the warm-up,
+    only ever shortened, to at most ``MAX_WARMUP_SHARE`` of that total."""
     fits = step + int(max(0.0, seconds_left) / seconds_per_step)
     total = torch.tensor([max(step + 1, min(planned, fits))], dtype=torch.long)
-    return int(dist_utils.broadcast_(total)[0])
+    total_steps = int(dist_utils.broadcast_(total)[0])
+    return total_steps, min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))
 
 
 def _agree(flag: bool) -> bool:
