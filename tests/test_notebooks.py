@@ -4,6 +4,7 @@ the closing notes run every real-data figure)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,3 +33,21 @@ def test_papermill_reads_every_parameter(path):
     assert written, f"{path.name}: the parameters cell assigns nothing"
     read = list(papermill.inspect_notebook(str(path)))
     assert read == written, f"{path.name}: papermill reads {read}, the cell assigns {written}"
+
+
+def test_the_runner_stores_no_progress_bars_and_keeps_a_users_choice(monkeypatch, tmp_path):
+    """``python -m utils.notebooks`` executes copies that are read afterwards: bars drawn by tqdm would be
+    stored where they stopped. It turns them off unless TQDM_DISABLE is already set."""
+    import utils.notebooks
+
+    seen = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: seen.append(os.environ.get("TQDM_DISABLE")))
+    monkeypatch.setattr(utils.notebooks, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(utils.notebooks, "NOTEBOOK_DIR", tmp_path / "notebooks")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text("{}")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert utils.notebooks.main(["01"]) == 0
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert utils.notebooks.main(["01"]) == 0
+    assert seen == ["1", "0"]

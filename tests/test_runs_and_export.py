@@ -429,6 +429,23 @@ def test_not_above_chance_flags_a_constant_guess_and_skips_smoke_tests(tmp_path)
     assert results.not_above_chance(records[2:], "val").empty
 
 
+def test_the_results_show_the_sample_when_the_notebooks_fell_back_to_it(capsys):
+    """The README's first command on a machine without FER2013 trains on the bundled sample: the results
+    notebook then shows those runs, loudly marked, instead of an empty table; real runs win when there are any."""
+    on = [{"run": "s", "dataset": {"name": "sample"}}, {"run": "p", "dataset": {"name": "sample-ferplus"}}]
+    real = [{"run": "f", "dataset": {"name": "fer2013"}}]
+    shown, name = results.records_to_show(on, "fer2013")
+    assert (name, [r["run"] for r in shown]) == ("sample", ["s"])
+    assert "SYNTHETIC sample" in capsys.readouterr().out
+    shown, name = results.records_to_show(on + real, "fer2013")
+    assert (name, [r["run"] for r in shown]) == ("fer2013", ["f"])
+    assert capsys.readouterr().out == ""  # nothing to announce
+    shown, name = results.records_to_show(on + real, "fer2013", quick=True)  # FER_QUICK=1: the sample's runs
+    assert (name, [r["run"] for r in shown]) == ("sample", ["s"]) and "QUICK MODE" in capsys.readouterr().out
+    assert results.records_to_show(real, "rafdb") == ([], "rafdb")  # no runs anywhere: an empty table, no banner
+    assert capsys.readouterr().out == ""
+
+
 def test_a_capped_run_is_another_run_and_says_so(tmp_path, sample):
     """steps_per_epoch (a smoke test) is part of a run's identity and record, and tables mark it."""
     from utils.engine import TrainConfig

@@ -35,6 +35,9 @@ def main(argv=None) -> int:
 
     if args.quick:
         os.environ["FER_QUICK"] = "1"
+    # the executed copies are read after the run: progress bars would be stored where they stopped (often at
+    # 0 %, as text, without the widget that drew them); each notebook's time is printed here instead
+    os.environ.setdefault("TQDM_DISABLE", "1")
     notebooks = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(o) or nb.stem == o for o in args.only)]

@@ -6,6 +6,29 @@ from __future__ import annotations
 
 from .cache import settings_key
 
+SAMPLE = "sample"  # the bundled synthetic sample's dataset name in run records (utils.data.load_dataset_or_sample)
+
+
+def records_to_show(records: list[dict], dataset: str, quick: bool = False) -> tuple[list[dict], str]:
+    """The finished runs on ``dataset``, and that name; in quick mode, or when none is on ``dataset`` but some
+    are on the bundled sample (the notebooks fell back to it because the dataset is missing), the runs on the
+    sample instead, announced loudly: they say nothing about real faces."""
+    on_sample = [r for r in records if r.get("dataset", {}).get("name") == SAMPLE]
+    chosen = [r for r in records if r.get("dataset", {}).get("name") == dataset]
+    if dataset == SAMPLE or not (quick or (not chosen and on_sample)):
+        return chosen, dataset
+    reason = (
+        "QUICK MODE (FER_QUICK=1)"
+        if quick
+        else f"NO FINISHED RUNS ON {dataset} (the notebooks ran on the bundled sample: the dataset is missing)"
+    )
+    bar = "=" * 100
+    print(
+        f"{bar}\n{reason}: showing the runs on the bundled SYNTHETIC sample, trained with tiny settings.\n"
+        f"They show that the notebooks run; they say nothing about how the methods do on real faces.\n{bar}"
+    )
+    return on_sample, SAMPLE
+
 
 def is_smoke_test(record: dict) -> bool:
     """Whether a run was capped at a few steps per epoch (``runs.run(steps_per_epoch=...)``): it shows that a
