@@ -20,7 +20,7 @@ def records_to_show(records: list[dict], dataset: str, quick: bool = False) -> t
     reason = (
         "QUICK MODE (FER_QUICK=1)"
         if quick
-        else f"NO FINISHED RUNS ON {dataset} (the notebooks ran on the bundled sample: the dataset is missing)"
+        else f"NO FINISHED RUNS ON {dataset} YET (notebooks fall back to the sample when the dataset is missing)"
     )
     bar = "=" * 100
     print(
