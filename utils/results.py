@@ -5,6 +5,7 @@ what notebooks show beside their own runs and what the results notebook pools ov
 from __future__ import annotations
 
 from .cache import settings_key
+from .runtime import banner
 
 SAMPLE = "sample"  # the bundled synthetic sample's dataset name in run records (utils.data.load_dataset_or_sample)
 
@@ -22,10 +23,9 @@ def records_to_show(records: list[dict], dataset: str, quick: bool = False) -> t
         if quick
         else f"NO FINISHED RUNS ON {dataset} YET (notebooks fall back to the sample when the dataset is missing)"
     )
-    bar = "=" * 100
-    print(
-        f"{bar}\n{reason}: showing the runs on the bundled SYNTHETIC sample, trained with tiny settings.\n"
-        f"They show that the notebooks run; they say nothing about how the methods do on real faces.\n{bar}"
+    banner(
+        f"{reason}: showing the runs on the bundled SYNTHETIC sample, trained with tiny settings.\n"
+        "They show that the notebooks run; they say nothing about how the methods do on real faces."
     )
     return on_sample, SAMPLE
 

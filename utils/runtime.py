@@ -28,6 +28,12 @@ def quick_mode() -> bool:
     return os.environ.get("FER_QUICK", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def banner(text: str) -> None:
+    """Print ``text`` between two rules, for what a reader must not miss (e.g. results on the synthetic sample)."""
+    rule = "=" * 100
+    print(f"{rule}\n{text}\n{rule}")
+
+
 def show_progress(requested: bool = True) -> bool:
     """Whether to draw progress bars: as ``requested``, unless ``TQDM_DISABLE`` is set (stored notebooks are
     executed with it, so that a reader does not see bars frozen where the executing machine left them)."""

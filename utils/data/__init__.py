@@ -44,7 +44,7 @@ def load_dataset_or_sample(name: str, path, quick: bool | None = None, **options
         ``(dataset, on_sample)``. The sample is named ``"sample"``, so its caches and runs never pass
         for the real dataset's.
     """
-    from ..runtime import SAMPLE_DIR, quick_mode
+    from ..runtime import SAMPLE_DIR, banner, quick_mode
 
     quick = quick_mode() if quick is None else quick
     reason = None
@@ -59,8 +59,7 @@ def load_dataset_or_sample(name: str, path, quick: bool | None = None, **options
                 f"Falling back to the bundled SYNTHETIC sample ({SAMPLE_DIR}), with quick settings.\n"
                 "Results on it say nothing about real faces. See data/README.md for where datasets go."
             )
-    bar = "=" * 100
-    print(f"{bar}\n{reason}\n{bar}")
+    banner(reason)
     if name.lower() == "ferplus":  # the sample's made-up votes: FERPlus's 8 classes and label modes
         sample = read_ferplus(SAMPLE_DIR, **options)
         sample.name = "sample-ferplus"
