@@ -1,5 +1,7 @@
-"""Make the repository importable (``import utils``) however pytest is started, and share the prepared sample."""
+"""Make the repository importable (``import utils``) however pytest is started, share the prepared sample, and
+split the work between two pytest-xdist workers (``-n 2``): one runs the notebooks, the other the unit tests."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +10,30 @@ import pytest
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Under pytest-xdist every worker, and every notebook kernel it starts, gets an equal share of the cores, set
+# here before torch is imported: PyTorch's OpenMP threads wait for each other at every operation, so two
+# workers of two threads each on two cores run several times slower than one worker alone.
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(name, str(max(1, cores // workers)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With ``-n``: two units of work, the notebooks (their cells share one kernel, and they read each other's
+    runs: 07 needs 02's, 08 03-05's, 09 all) in their order on one worker, the unit tests (whose module-scoped
+    fixtures train once) on another. Scopes are told apart by node id: pytest 9.2 ignores the node-id suffix
+    with which ``--dist loadgroup`` groups marked tests (pytest-xdist issue 1386)."""
+    if config.getvalue("dist") != "load":  # another --dist asked for explicitly
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "notebooks" if "ipynb" in nodeid.split("::Cell")[0] else "unit"
+
+    return NotebooksApart(config, log)
 
 
 @pytest.fixture(scope="session")
