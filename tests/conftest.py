@@ -31,7 +31,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class NotebooksApart(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "notebooks" if "ipynb" in nodeid.split("::Cell")[0] else "unit"
+            return "notebooks" if "ipynb" in nodeid.split("[")[0] else "unit"  # not a test parametrized by one
 
     return NotebooksApart(config, log)
 
