@@ -150,12 +150,13 @@ def test_a_heatmap_on_the_mouth_has_its_mass_there():
     heat[:, 1] = 1.0  # query 1: uniform
     shares = group_shares(heat, landmarks, size=48)
     mouth = GROUPS.index("mouth")
-    assert shares["mass"][0, mouth] == pytest.approx(1.0)
-    np.testing.assert_allclose(shares["mass"][1], shares["uniform"], atol=1e-6)
-    np.testing.assert_allclose(shares["mass"].sum(axis=1), 1.0, atol=1e-6)
+    assert shares["mass"][0, mouth] == pytest.approx(1.0, abs=1e-4)
+    # float32 sums over 48 x 48 pixels: the last digits depend on the CPU's summation order (AMD EPYC: 1.7e-5)
+    np.testing.assert_allclose(shares["mass"][1], shares["uniform"], atol=1e-4)
+    np.testing.assert_allclose(shares["mass"].sum(axis=1), 1.0, atol=1e-4)
     table = region_table(shares)
     assert table.loc["query 0", "top group"] == "mouth" and table.loc["query 0", "lift"] > 10
-    assert table.loc["query 1", "lift"] == pytest.approx(1.0, abs=1e-5)
+    assert table.loc["query 1", "lift"] == pytest.approx(1.0, abs=1e-4)
 
 
 # -------------------------------------------------------------------------------- training on the sample
@@ -164,7 +165,14 @@ def test_a_heatmap_on_the_mouth_has_its_mass_there():
 @pytest.mark.slow
 def test_the_loss_falls_over_20_steps_on_the_sample(sample):
     method_class = FRA
-    config = FRAConfig(projector_hidden=64, projector_dim=32, predictor_hidden=64, dense_hidden=32, stem_stride=2)
+    config = FRAConfig(
+        projector_hidden=64,
+        projector_dim=32,
+        predictor_hidden=64,
+        dense_hidden=32,
+        stem_stride=4,
+        region_stage="layer2",
+    )  # layer2 is 6x6 at stem stride 4, as layer3 is at 2 (notebook 05's quick mode)
     train = face_tensors(sample, "train", "gray")
     torch.manual_seed(0)
     method = method_class(config, spec(len(train)))
