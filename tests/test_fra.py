@@ -172,7 +172,7 @@ def test_the_loss_falls_over_20_steps_on_the_sample(sample):
         dense_hidden=32,
         stem_stride=4,
         region_stage="layer2",
-    )  # layer2 is 6x6 at stem stride 4, as layer3 is at 2 (notebook 05's quick mode)
+    )  # layer2 is 6x6 at stem stride 4, as layer3 is at stride 2; a step takes half as long
     train = face_tensors(sample, "train", "gray")
     torch.manual_seed(0)
     method = method_class(config, spec(len(train)))
