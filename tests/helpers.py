@@ -8,6 +8,8 @@ from utils.methods import InputSpec
 
 # BYOL-family heads small enough for a CPU test
 BYOL_SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
+# FRA on top of them: at stem stride 4 layer2 is the 6x6 map that layer3 is at stride 2, for half the step time
+FRA_SMALL = {**BYOL_SMALL, "region_stage": "layer2", "dense_hidden": 32}
 
 
 def randn(*shape, seed=0):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import BYOL_SMALL, randn, spec
+from helpers import BYOL_SMALL, FRA_SMALL, randn, spec
 
 from utils.engine import TrainConfig, fit
 from utils.loader import face_tensors
@@ -165,14 +165,7 @@ def test_a_heatmap_on_the_mouth_has_its_mass_there():
 @pytest.mark.slow
 def test_the_loss_falls_over_20_steps_on_the_sample(sample):
     method_class = FRA
-    config = FRAConfig(
-        projector_hidden=64,
-        projector_dim=32,
-        predictor_hidden=64,
-        dense_hidden=32,
-        stem_stride=4,
-        region_stage="layer2",
-    )  # layer2 is 6x6 at stem stride 4, as layer3 is at stride 2; a step takes half as long
+    config = FRAConfig(**FRA_SMALL)
     train = face_tensors(sample, "train", "gray")
     torch.manual_seed(0)
     method = method_class(config, spec(len(train)))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import BYOL_SMALL, FRA_SMALL
 
 from utils import methods, runs
 from utils.engine import TrainConfig
@@ -30,15 +31,8 @@ CONFIGS = {
     "supervised": SupervisedConfig(stem_stride=4, tta="flip"),
     "moco_v2": MoCoConfig(**SSL),
     "hncl": HNCLConfig(**SSL, neighbours=NeighbourConfig(k=3)),
-    "byol": BYOLConfig(stem_stride=4, projector_hidden=64, projector_dim=32, predictor_hidden=64),
-    "fra": FRAConfig(
-        stem_stride=4,
-        region_stage="layer2",
-        projector_hidden=64,
-        projector_dim=32,
-        predictor_hidden=64,
-        dense_hidden=32,
-    ),
+    "byol": BYOLConfig(**BYOL_SMALL),
+    "fra": FRAConfig(**FRA_SMALL),
     "ran": RANConfig(stem_stride=4, tta="flip"),
     "random-init": RandomInitConfig(stem_stride=4),
     "raw-pixels": RawPixelsConfig(),
