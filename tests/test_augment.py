@@ -1,13 +1,16 @@
-"""Batch augmentation: one warp shared by all channels, photometric changes on the image channels only."""
+"""Batch augmentation: one warp shared by all channels, photometric changes on the image channels only; mixup and
+cutmix."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.augment import AugmentConfig, BatchAugment
+from utils.augment import AugmentConfig, BatchAugment, mix_batch
 
 # Every change switched off: the warp is the identity and the photometric step does nothing.
 IDENTITY = AugmentConfig(
@@ -195,3 +198,49 @@ def test_sampling_grid_equals_affine_grid():
     )
     expected = F.affine_grid(theta, [9, 2, 48, 40], align_corners=False)
     torch.testing.assert_close(sampling_grid(theta, 48, 40), expected, atol=1e-6, rtol=0)
+
+
+def labelled_batch(n=8, channels=2, size=12) -> torch.Tensor:
+    """Image i filled with the value i in every channel: each output pixel says which image it came from."""
+    return torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, channels, size, size).clone()
+
+
+def test_mixup_blends_each_image_with_its_partner():
+    x = labelled_batch()
+    mixed, partner, lam = mix_batch(x, gen(0), "mixup", alpha=1.0)
+    assert sorted(partner.tolist()) == list(range(len(x))) and 0.0 < lam < 1.0
+    expected = lam * torch.arange(len(x)).float() + (1 - lam) * partner.float()
+    torch.testing.assert_close(mixed, expected[:, None, None, None].expand_as(x))
+
+
+def test_mixing_shares_follow_beta_alpha_alpha():
+    for alpha in (0.2, 1.0):
+        lams = np.array([mix_batch(labelled_batch(), gen(s), "mixup", alpha)[2] for s in range(600)])
+        assert lams.mean() == pytest.approx(0.5, abs=0.04)
+        assert lams.var() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.15)  # Beta(a, a)'s variance
+
+
+def test_cutmix_pastes_one_box_from_the_partner_in_every_channel_and_lam_is_what_is_left():
+    x = labelled_batch()
+    for seed in range(20):
+        mixed, partner, lam = mix_batch(x, gen(seed), "cutmix", alpha=1.0)
+        own = mixed == torch.arange(len(x)).float()[:, None, None, None]
+        pasted = mixed == partner.float()[:, None, None, None]
+        moved = partner != torch.arange(len(x))
+        assert (own | pasted).all()  # every pixel is the image's own or its partner's
+        box = (~own[moved]).any(dim=0).any(dim=0)  # (H, W): where partners were pasted
+        assert torch.equal((~own[moved]).all(dim=1), box.expand(int(moved.sum()), *box.shape))  # same box, all channels
+        rows, cols = box.any(dim=1).nonzero().flatten(), box.any(dim=0).nonzero().flatten()
+        if len(rows):  # a rectangle
+            assert box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+        assert lam == pytest.approx(1 - box.float().mean().item())
+
+
+def test_mixing_is_reproducible_and_refuses_bad_settings():
+    x = labelled_batch()
+    a, b = mix_batch(x, gen(3), "cutmix"), mix_batch(x, gen(3), "cutmix")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    with pytest.raises(ValueError, match="mode"):
+        mix_batch(x, gen(0), "mosaic")
+    with pytest.raises(ValueError, match="alpha"):
+        mix_batch(x, gen(0), "mixup", alpha=0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -88,7 +89,9 @@ def test_training_learns_the_toy_task(tmp_path):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "ema"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, ema):
+    CONFIG = dataclasses.replace(globals()["CONFIG"], ema=ema)
     data, val = toy_data(), toy_data(seed=1)
     straight = make_method()
     fit(straight, data, CONFIG, tmp_path / "straight", validator(val), progress=False)
@@ -118,7 +121,66 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     final = load_checkpoint(tmp_path / "resumed" / "last.pt")
     for name, tensor in last["model"].items():
         assert torch.equal(tensor, final["model"][name]), name
+    for name, tensor in last.get("ema", {}).items():  # the weight average resumes too
+        assert torch.equal(tensor, final["ema"][name]), name
     assert [h["train_loss"] for h in final["history"]] == [h["train_loss"] for h in last["history"]]
+
+
+class Recorded(TinyClassifier):
+    """Keeps a copy of its weights and buffers after every optimizer step."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed)
+        self.snapshots = [copy.deepcopy(self.encoder)]
+
+    def after_step(self, progress):
+        self.snapshots.append(copy.deepcopy(self.encoder))
+
+
+def test_the_weight_average_is_what_is_validated_and_kept(tmp_path):
+    from lightly.models.utils import update_momentum  # an independent EMA step: ema = m * ema + (1 - m) * model
+
+    data = toy_data()
+    decay, seen = 0.95, []
+    method = Recorded()
+
+    def validate(m):  # every epoch better than the last: the last epoch's average is kept
+        seen.append(m)
+        return {"score": float(len(seen))}
+
+    result = fit(method, data, dataclasses.replace(CONFIG, ema=decay), tmp_path, validate, progress=False)
+    snapshots = method.snapshots
+    assert len(snapshots) == 1 + CONFIG.epochs * (len(data) // 16)
+
+    # the average as lightly's momentum update computes it, with the warmed-up decay, in float64: it starts at
+    # the weights after the first step, and the n-th step after that mixes in with min(decay, (1 + n) / (10 + n))
+    reference = copy.deepcopy(snapshots[1]).double()
+    for n, snapshot in enumerate(snapshots[2:], start=1):
+        update_momentum(copy.deepcopy(snapshot).double(), reference, m=min(decay, (1 + n) / (10 + n)))
+    assert result.best_epoch == CONFIG.epochs - 1 == load_checkpoint(tmp_path / "best.pt")["epoch"]
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(method.encoder.state_dict()[name].double(), p, atol=1e-6, rtol=1e-5)
+    assert all(m is not method for m in seen)  # validation saw the average, not the trained weights
+    final = snapshots[-1].state_dict()
+    assert any(not torch.allclose(method.encoder.state_dict()[k], final[k]) for k, _ in reference.named_parameters())
+
+
+def test_without_checkpoints_the_method_ends_with_the_weight_average():
+    data = toy_data()
+    method = Recorded()
+    fit(method, data, dataclasses.replace(CONFIG, epochs=2, ema=0.5), None, None, progress=False)
+    reference = copy.deepcopy(method.snapshots[1]).double()
+    for n, snapshot in enumerate(method.snapshots[2:], start=1):
+        m = min(0.5, (1 + n) / (10 + n))
+        for r, s in zip(reference.parameters(), copy.deepcopy(snapshot).double().parameters()):
+            r.data.mul_(m).add_(s.data, alpha=1 - m)  # the formula, written out
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(method.encoder.state_dict()[name].double(), p, atol=1e-6, rtol=1e-5)
+
+
+def test_a_weight_average_decay_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
 
 
 def test_early_stopping_and_best_epoch(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -200,3 +201,43 @@ class BatchAugment(torch.nn.Module):
         box = box & apply[:, None, None]
         mean = image.mean(dim=(1, 2, 3), keepdim=True)
         return torch.where(box[:, None], mean, image)
+
+
+MIX_MODES = ("mixup", "cutmix")
+
+
+def mix_batch(
+    x: torch.Tensor, generator: torch.Generator | None = None, mode: str = "mixup", alpha: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mix each image of a batch with a partner from the same batch, for a loss that mixes their labels alike.
+
+    - ``mixup`` (Zhang et al. 2018): ``lam * x + (1 - lam) * x[partner]``;
+    - ``cutmix`` (Yun et al. 2019): a box covering about ``1 - lam`` of the image is pasted from the partner
+      (every channel, so a heatmap moves with its face); ``lam`` is then the share of the image left.
+
+    ``lam`` is drawn once per batch from Beta(alpha, alpha), ``partner`` is a permutation of the batch.
+
+    Returns:
+        ``(mixed, partner, lam)``: the loss is ``lam * L(y) + (1 - lam) * L(y[partner])``.
+    """
+    if mode not in MIX_MODES:
+        raise ValueError(f"mode must be one of {MIX_MODES}, not {mode!r}")
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, not {alpha!r}")
+    n, _, height, width = x.shape
+    device = x.device
+    # Beta has no torch.Generator argument: draw it with numpy, seeded from the batch's generator
+    seed = int(torch.randint(0, 2**62, (1,), device=device, generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    partner = torch.randperm(n, device=device, generator=generator)
+    if mode == "mixup":
+        return torch.lerp(x[partner], x, lam), partner, lam
+    side = math.sqrt(1.0 - lam)  # the box's side as a share of the image's
+    box_h, box_w = round(height * side), round(width * side)
+    cy = int(torch.randint(0, height, (1,), device=device, generator=generator))
+    cx = int(torch.randint(0, width, (1,), device=device, generator=generator))
+    y0, y1 = max(cy - box_h // 2, 0), min(cy - box_h // 2 + box_h, height)
+    x0, x1 = max(cx - box_w // 2, 0), min(cx - box_w // 2 + box_w, width)
+    mixed = x.clone()
+    mixed[:, :, y0:y1, x0:x1] = x[partner, :, y0:y1, x0:x1]
+    return mixed, partner, 1.0 - (y1 - y0) * (x1 - x0) / (height * width)

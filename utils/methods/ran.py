@@ -169,8 +169,9 @@ class RAN(Supervised):
         return {**facts, "crops": dict(zip(self.crop_names[1:], self.net.boxes.tolist()))}
 
     def forward(self, x, y, rows, generator):
-        logits, mu, _, _ = self.net.attend(self.augment(x, generator))
-        classification = self.loss(logits, y, rows, generator)
+        x, partner, lam = self.mix(self.augment(x, generator), generator)
+        logits, mu, _, _ = self.net.attend(x)
+        classification = self.mixed_loss(logits, y, rows, generator, partner, lam)
         biased = region_biased_loss(mu.float(), self.config.margin)
         loss = classification + self.config.rb_weight * biased
         logs = {"acc": (logits.argmax(dim=1) == y).float().mean().item(), "region_biased": biased.item()}

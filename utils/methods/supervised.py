@@ -8,10 +8,11 @@ with, and the fine-tuning protocol of the self-supervised ones (the same method 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from ..augment import AugmentConfig, BatchAugment
+from ..augment import MIX_MODES, AugmentConfig, BatchAugment, mix_batch
 from ..engine import class_weights
 from ..evaluation import TTA_MODES
 from ..losses import LABEL_MODES, label_loss
@@ -33,6 +34,10 @@ class SupervisedConfig(EncoderConfig):
             FERPlus's ``crossentropy``, ``probability`` and ``multi_target`` on the vote distributions of a
             dataset read with the same mode (``load_dataset("ferplus", path, mode=...)``). Evaluation is always
             on the majority label.
+        mix: ``mixup`` or ``cutmix`` (:func:`utils.augment.mix_batch`) after the augmentation, or None.
+        mix_alpha: the mixing share is drawn from Beta(mix_alpha, mix_alpha) (timm's defaults: mixup 0.8,
+            cutmix 1.0).
+        mix_prob: share of the batches that are mixed.
     """
 
     pretrained: bool = False
@@ -42,9 +47,21 @@ class SupervisedConfig(EncoderConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: str | None = "flip"
     targets: str = "majority"
+    mix: str | None = None
+    mix_alpha: float = 1.0
+    mix_prob: float = 1.0
+
+    # fields added after runs were recorded, left out of their identity at these values (engine.config_dict)
+    LATER_DEFAULTS: ClassVar[dict] = {"mix": None, "mix_alpha": 1.0, "mix_prob": 1.0}
 
     def __post_init__(self):
         super().__post_init__()
+        if self.mix is not None and self.mix not in MIX_MODES:
+            raise ValueError(f"mix must be None or one of {MIX_MODES}, not {self.mix!r}")
+        if self.mix_alpha <= 0 or not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(
+                f"mix_alpha must be positive and mix_prob in [0, 1], not {self.mix_alpha}, {self.mix_prob}"
+            )
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, not {self.tta!r}")
         if self.targets not in LABEL_MODES:
@@ -96,10 +113,27 @@ class Supervised(Method):
             self.config.label_smoothing,
         )
 
-    def forward(self, x, y, rows, generator):
-        x = self.augment(x, generator)
-        logits = self.encoder(x)  # (B, C)
+    def mix(self, x: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """``(x, partner, lam)``: the batch mixed as configured, or ``(x, None, 1.0)`` when it is not."""
+        cfg = self.config
+        if cfg.mix is None or cfg.mix_prob == 0.0:
+            return x, None, 1.0
+        if cfg.mix_prob < 1.0 and float(torch.rand(1, device=x.device, generator=generator)) >= cfg.mix_prob:
+            return x, None, 1.0
+        return mix_batch(x, generator, cfg.mix, cfg.mix_alpha)
+
+    def mixed_loss(self, logits, y, rows, generator, partner: torch.Tensor | None, lam: float) -> torch.Tensor:
+        """The loss of a batch mixed by :meth:`mix`: ``lam`` times that of its labels plus ``1 - lam`` times
+        that of its partners' labels."""
         loss = self.loss(logits, y, rows, generator)
+        if partner is None:
+            return loss
+        return lam * loss + (1.0 - lam) * self.loss(logits, y[partner], rows[partner], generator)
+
+    def forward(self, x, y, rows, generator):
+        x, partner, lam = self.mix(self.augment(x, generator), generator)
+        logits = self.encoder(x)  # (B, C)
+        loss = self.mixed_loss(logits, y, rows, generator, partner, lam)
         return loss, {"acc": (logits.argmax(dim=1) == y).float().mean().item()}
 
     def classifier(self):

@@ -1,0 +1,93 @@
+"""The supervised method's batch mixing (mixup, cutmix) and the identity of runs recorded before it existed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import spec
+
+from utils.augment import AugmentConfig
+from utils.cache import settings_key
+from utils.engine import TrainConfig, config_dict
+from utils.methods.ran import RANConfig
+from utils.methods.supervised import Supervised, SupervisedConfig
+
+NO_AUGMENT = AugmentConfig(flip=0.0, rotate=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=0.0)
+
+
+class Recording(torch.nn.Module):
+    """Wraps an encoder and keeps the last batch it saw and the logits it gave."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.seen = encoder, None
+
+    def forward(self, x):
+        self.seen = x.detach().clone()
+        self.logits = self.encoder(x)
+        return self.logits
+
+
+def supervised(**changes):
+    config = SupervisedConfig(backbone="resnet18", stem_stride=4, augment=NO_AUGMENT, **changes)
+    torch.manual_seed(0)
+    method = Supervised(config, spec())
+    method.encoder = Recording(method.encoder)
+    return method
+
+
+def test_the_cutmix_loss_is_cross_entropy_with_the_labels_mixed_by_area():
+    method = supervised(mix="cutmix")
+    n = 8
+    x = (torch.arange(n, dtype=torch.float32) / n)[:, None, None, None].expand(n, 1, 48, 48).contiguous()
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
+    for seed in range(5):
+        loss, _ = method(x, y, torch.arange(n), torch.Generator().manual_seed(seed))
+        seen = method.encoder.seen
+        # read the partner and the pasted share from the pixels the encoder saw
+        values = torch.round(seen * n).long().flatten(1)  # (n, H*W): which image each pixel came from
+        own = values == torch.arange(n)[:, None]
+        partner = torch.where(own.all(1), torch.arange(n), values.masked_fill(own, -1).max(1).values)
+        pasted = (~own).float().mean(1)
+        moved = partner != torch.arange(n)
+        share = float(pasted[moved].mean()) if moved.any() else 0.0
+        target = (1 - share) * F.one_hot(y, 7).float() + share * F.one_hot(y[partner], 7).float()
+        expected = F.cross_entropy(method.encoder.logits.float(), target)  # soft-target cross-entropy
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mixing_nothing_gives_the_plain_loss():
+    x = torch.rand(6, 1, 48, 48, generator=torch.Generator().manual_seed(1))
+    y, rows = torch.tensor([0, 1, 2, 3, 4, 5]), torch.arange(6)
+    plain, _ = supervised()(x, y, rows, torch.Generator().manual_seed(2))
+    never, _ = supervised(mix="mixup", mix_prob=0.0)(x, y, rows, torch.Generator().manual_seed(2))
+    always, _ = supervised(mix="mixup")(x, y, rows, torch.Generator().manual_seed(2))
+    assert torch.equal(plain, never) and not torch.equal(plain, always)
+
+
+def test_bad_mixing_settings_are_refused():
+    with pytest.raises(ValueError, match="mix"):
+        SupervisedConfig(mix="mosaic")
+    with pytest.raises(ValueError, match="mix_alpha"):
+        SupervisedConfig(mix="mixup", mix_alpha=0.0)
+    with pytest.raises(ValueError, match="mix_prob"):
+        SupervisedConfig(mix="mixup", mix_prob=1.5)
+
+
+def test_runs_recorded_before_mixing_and_weight_averages_existed_keep_their_folders():
+    # digests computed with the code of commit e05ba31, before `mix*` and `ema` were added
+    old = {
+        "d9084b0fa799d60ff31dccf9e28e8fed23d942b1": (
+            SupervisedConfig(backbone="resnet18", stem_stride=2),
+            TrainConfig(epochs=3),
+        ),
+        "2fff022d9e4a3025c3248940810f4fa79021796f": (RANConfig(), TrainConfig()),
+    }
+    for digest, (model, train) in old.items():
+        assert settings_key(config_dict(model=model, train=train)) == digest
+        mixed = dataclasses.replace(model, mix="cutmix")
+        assert settings_key(config_dict(model=mixed, train=train)) != digest
+        assert settings_key(config_dict(model=model, train=dataclasses.replace(train, ema=0.99))) != digest
