@@ -35,7 +35,7 @@ class SupervisedConfig(EncoderConfig):
             dataset read with the same mode (``load_dataset("ferplus", path, mode=...)``). Evaluation is always
             on the majority label.
         mix: ``mixup`` or ``cutmix`` (:func:`utils.augment.mix_batch`) after the augmentation, or None.
-        mix_alpha: the mixing share is drawn from Beta(mix_alpha, mix_alpha) (timm's defaults: mixup 0.8,
+        mix_alpha: the mixing share is drawn from Beta(mix_alpha, mix_alpha) (DeiT's recipe: mixup 0.8,
             cutmix 1.0).
         mix_prob: share of the batches that are mixed.
     """
