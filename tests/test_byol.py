@@ -122,7 +122,7 @@ def test_the_loss_falls_over_20_steps_on_the_sample(sample):
     result = fit(
         method,
         train,
-        TrainConfig(epochs=4, batch_size=32, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5),
+        TrainConfig(epochs=4, batch_size=16, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5),
         None,
         progress=False,
         steps_per_epoch=5,

@@ -6,9 +6,11 @@ One ``torchrun`` launch runs a worker script (written into ``tmp_path``) that ch
 - one MoCo forward on rank-specific data (same seeded initial weights) enqueues the keys of both processes,
   rank 0's batch first, so that both processes hold the same queue;
 - :func:`utils.engine.fit` for a few steps under DistributedDataParallel ends with the same weights on both
-  ranks.
+  ranks;
+- :func:`utils.runs.run` (supervised, BYOL) writes one record, which both processes read back, and leaves
+  the same weights in both (the second part of the script, ``RUN_WORKER``).
 
-Each rank saves what it saw; the test compares them.
+Each rank saves what it saw; the tests compare them.
 """
 
 from __future__ import annotations
@@ -99,10 +101,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def launched(tmp_path_factory, sample_cache, sample):
+    """One ``torchrun`` launch of both worker scripts (each launch starts three Python processes that import
+    torch): the folder their processes wrote to. ``sample`` prepares the cache the runs read the faces from."""
     folder = tmp_path_factory.mktemp("ddp")
     script = folder / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(WORKER + RUN_WORKER)
     port = free_port()
     env = {
         **os.environ,
@@ -113,11 +117,16 @@ def ranks(tmp_path_factory):
     }
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(folder),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(folder), str(sample_cache),
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ranks(launched):
+    return [torch.load(launched / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.mark.slow
@@ -193,30 +202,13 @@ for name, config in configs.items():
         "record": run.record,
         "params": {k: v.detach().clone() for k, v in run.method.named_parameters()},
     }
-torch.save(seen, f"{out}/rank{rank}.pt")
+torch.save(seen, f"{out}/runs{rank}.pt")
 """
 
 
 @pytest.fixture(scope="module")
-def run_ranks(tmp_path_factory, sample_cache, sample):
-    folder = tmp_path_factory.mktemp("ddp-runs")
-    script = folder / "worker.py"
-    script.write_text(RUN_WORKER)
-    port = free_port()
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), str(folder), str(sample_cache),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def run_ranks(launched):
+    return [torch.load(launched / f"runs{r}.pt", weights_only=False) for r in range(2)]
 
 
 @pytest.mark.slow

@@ -27,6 +27,18 @@ def test_every_backbone_maps_a_batch_to_logits(name, in_channels):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize(("stride", "pools", "side"), [(1, 4, 3), (2, 4, 1), (4, 3, 1)])
+def test_vgg_keeps_a_map_at_every_stem_stride(stride, pools, side):
+    """The small stem drops VGG's last max-pool (48 px: 3x3 left at stride 1); a pool that would shrink the
+    map to nothing (stride 4: 12 px, then 6, 3, 1) is skipped, not left to fail inside the forward pass."""
+    model = create_model("vgg19_bn", 7, 1, stem_stride=stride).eval()
+    features = model.backbone[0]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in features) == pools
+    with torch.no_grad():
+        assert features(torch.rand(2, 1, 48, 48)).shape == (2, 512, side, side)
+        assert model(torch.rand(2, 1, 48, 48)).shape == (2, 7)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
 def test_without_classes_the_model_returns_features(name):
     model = create_model(name, num_classes=0, in_channels=1, stem_stride=2).eval()

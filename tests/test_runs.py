@@ -23,7 +23,7 @@ from utils.methods.supervised import SupervisedConfig
 from utils.neighbours import NeighbourConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = TrainConfig(epochs=2, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
+TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
 STEPS = 2  # per epoch
 SSL = {"stem_stride": 4, "queue_size": 64, "hidden": 32, "dim": 16, "key_momentum": 0.99}
 

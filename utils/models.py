@@ -195,6 +195,13 @@ def create_model(
             layers = layers[:-1]
             if stem_stride > 1:
                 layers[0] = adapt_first_conv(layers[0], in_channels, stride=stem_stride)
+            side = -(-input_size // stem_stride)  # after the stem (3x3, padding 1)
+            for i, layer in enumerate(layers):  # a pool that would leave no map at all is skipped
+                if isinstance(layer, nn.MaxPool2d):
+                    if side < 2:
+                        layers[i] = nn.Identity()
+                    else:
+                        side //= 2
         backbone = nn.Sequential(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         dim = 512
     else:  # efficientnet_b0
