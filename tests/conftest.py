@@ -50,3 +50,18 @@ def sample(sample_cache):
 
     ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
     return prepare(ds, FaceConfig(), cache_dir=sample_cache, workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def finished_runs(sample, tmp_path_factory):
+    """One finished run of every method on the sample (``helpers.run_configs``), plus a fine-tuned MoCo v2
+    backbone, trained once per session: tests read them; a test that writes into a run copies it first."""
+    from helpers import RUN_STEPS, RUN_TRAIN, run_configs
+
+    from utils import runs
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    kwargs = {"checkpoint_dir": root, "device": "cpu", "progress": False, "steps_per_epoch": RUN_STEPS}
+    out = {name: runs.run(config, sample, RUN_TRAIN, **kwargs) for name, config in run_configs().items()}
+    out["finetune"] = runs.finetune(out["moco_v2"], sample, RUN_TRAIN, **kwargs)
+    return out

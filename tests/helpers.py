@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import torch
 
+from utils.engine import TrainConfig
 from utils.methods import InputSpec
+from utils.methods.byol import BYOLConfig
+from utils.methods.floors import RandomInitConfig, RawPixelsConfig
+from utils.methods.fra import FRAConfig
+from utils.methods.hncl import HNCLConfig
+from utils.methods.moco import MoCoConfig
+from utils.methods.ran import RANConfig
+from utils.methods.supervised import SupervisedConfig
+from utils.neighbours import NeighbourConfig
 
 # BYOL-family heads small enough for a CPU test
 BYOL_SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
 # FRA on top of them: at stem stride 4 layer2 is the 6x6 map that layer3 is at stride 2, for half the step time
 FRA_SMALL = {**BYOL_SMALL, "region_stage": "layer2", "dense_hidden": 32}
+
+# the finished runs the unit tests share (conftest's ``finished_runs``): every method, 1 epoch of 2 steps
+RUN_TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
+RUN_STEPS = 2  # per epoch
+
+
+def run_configs() -> dict:
+    """A small config of every method, by method name."""
+    ssl = {"stem_stride": 4, "queue_size": 64, "hidden": 32, "dim": 16, "key_momentum": 0.99}
+    return {
+        "supervised": SupervisedConfig(stem_stride=4, tta="flip"),
+        "moco_v2": MoCoConfig(**ssl),
+        "hncl": HNCLConfig(**ssl, neighbours=NeighbourConfig(k=3)),
+        "byol": BYOLConfig(**BYOL_SMALL),
+        "fra": FRAConfig(**FRA_SMALL),
+        "ran": RANConfig(stem_stride=4, tta="flip"),
+        "random-init": RandomInitConfig(stem_stride=4),
+        "raw-pixels": RawPixelsConfig(),
+    }
 
 
 def randn(*shape, seed=0):

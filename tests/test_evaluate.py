@@ -4,29 +4,21 @@ its record; on its own test split it gives exactly the recorded metrics."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from utils import runs
-from utils.engine import TrainConfig
 from utils.evaluate import evaluate_run, main
-from utils.methods.moco import MoCoConfig
-from utils.methods.supervised import SupervisedConfig
 from utils.runtime import SAMPLE_DIR
-
-TRAIN = TrainConfig(epochs=2, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
-KWARGS = {"device": "cpu", "progress": False, "steps_per_epoch": 3}
 
 
 @pytest.fixture(scope="module")
-def trained(sample, tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {
-        "supervised": runs.run(SupervisedConfig(stem_stride=4, tta=None), sample, TRAIN, checkpoint_dir=root, **KWARGS),
-        "moco_v2": runs.run(
-            MoCoConfig(stem_stride=4, queue_size=64, hidden=32, dim=16), sample, TRAIN, checkpoint_dir=root, **KWARGS
-        ),
-    }
+def trained(finished_runs, tmp_path_factory):
+    """The session's supervised run, copied (evaluating writes into its record), and its MoCo v2 run."""
+    copy = tmp_path_factory.mktemp("evaluate") / finished_runs["supervised"].run_dir.name
+    shutil.copytree(finished_runs["supervised"].run_dir, copy)
+    return {"supervised": runs.load_run(copy, device="cpu"), "moco_v2": finished_runs["moco_v2"]}
 
 
 def test_its_own_test_split_gives_the_recorded_metrics(trained, sample_cache):

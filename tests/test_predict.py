@@ -12,9 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import runs
-from utils.engine import TrainConfig
-from utils.methods.supervised import SupervisedConfig
 from utils.predict import Predictor, annotate, main, predict_image, predict_video, read_image
 from utils.sample import draw_face
 
@@ -22,11 +19,8 @@ PLACES = [(20, 30), (150, 40), (280, 25)]  # top-left corners of the three 96-px
 
 
 @pytest.fixture(scope="module")
-def run_dir(sample, tmp_path_factory):
-    train = TrainConfig(epochs=1, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
-    run = runs.run(SupervisedConfig(stem_stride=4, tta=None), sample, train, checkpoint_dir=tmp_path_factory.mktemp("c"),
-                   device="cpu", progress=False, steps_per_epoch=2)  # fmt: skip
-    return run.run_dir
+def run_dir(finished_runs):
+    return finished_runs["supervised"].run_dir  # read only: predictions go to --out
 
 
 @pytest.fixture(scope="module")

@@ -9,34 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import BYOL_SMALL, FRA_SMALL
+from helpers import RUN_STEPS, RUN_TRAIN, run_configs
 
 from utils import methods, runs
-from utils.engine import TrainConfig
-from utils.methods.byol import BYOLConfig
-from utils.methods.floors import RandomInitConfig, RawPixelsConfig
-from utils.methods.fra import FRAConfig
-from utils.methods.hncl import HNCLConfig
-from utils.methods.moco import MoCoConfig
-from utils.methods.ran import RANConfig
-from utils.methods.supervised import SupervisedConfig
-from utils.neighbours import NeighbourConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
-STEPS = 2  # per epoch
-SSL = {"stem_stride": 4, "queue_size": 64, "hidden": 32, "dim": 16, "key_momentum": 0.99}
-
-CONFIGS = {
-    "supervised": SupervisedConfig(stem_stride=4, tta="flip"),
-    "moco_v2": MoCoConfig(**SSL),
-    "hncl": HNCLConfig(**SSL, neighbours=NeighbourConfig(k=3)),
-    "byol": BYOLConfig(**BYOL_SMALL),
-    "fra": FRAConfig(**FRA_SMALL),
-    "ran": RANConfig(stem_stride=4, tta="flip"),
-    "random-init": RandomInitConfig(stem_stride=4),
-    "raw-pixels": RawPixelsConfig(),
-}
 
 FRESH_PROCESS = r"""
 import json, sys
@@ -53,21 +30,6 @@ for folder in folders:
     out[folder] = {"method": type(run.method).__name__, "evaluations": run.evaluate(prepared, device="cpu")}
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def finished_runs(sample, tmp_path_factory):
-    """One finished run of every method on the sample, plus a fine-tuned MoCo v2 backbone."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    out = {}
-    for name, config in CONFIGS.items():
-        out[name] = runs.run(
-            config, sample, TRAIN, checkpoint_dir=root, device="cpu", progress=False, steps_per_epoch=STEPS
-        )
-    out["finetune"] = runs.finetune(
-        out["moco_v2"], sample, TRAIN, checkpoint_dir=root, device="cpu", progress=False, steps_per_epoch=STEPS
-    )
-    return out
 
 
 def test_every_method_file_registers_its_method():
@@ -88,7 +50,7 @@ def test_every_run_writes_one_record_by_its_kind(finished_runs):
         if run.method.kind == "classifier":
             protocol = "finetune" if name == "finetune" else "supervised"
             assert set(evaluations) == {protocol, f"{protocol}+flip"}
-            assert record["epochs_run"] == TRAIN.epochs and record["images_per_second"] > 0
+            assert record["epochs_run"] == RUN_TRAIN.epochs and record["images_per_second"] > 0
         else:
             assert set(evaluations) == {"knn", "linear"}
         for by_split in evaluations.values():
@@ -105,8 +67,8 @@ def test_a_finished_run_is_loaded_not_trained_again(sample, finished_runs, monke
     first = finished_runs["moco_v2"]
     monkeypatch.setattr(runs, "fit", lambda *a, **k: pytest.fail("trained again"))
     again = runs.run(
-        CONFIGS["moco_v2"], sample, TRAIN, checkpoint_dir=first.run_dir.parent, device="cpu", progress=False,
-        steps_per_epoch=STEPS,
+        run_configs()["moco_v2"], sample, RUN_TRAIN, checkpoint_dir=first.run_dir.parent, device="cpu",
+        progress=False, steps_per_epoch=RUN_STEPS,
     )  # fmt: skip
     assert again.loaded and again.run_dir == first.run_dir and again.record == first.record
     for (name, a), b in zip(first.method.state_dict().items(), again.method.state_dict().values()):

@@ -140,11 +140,15 @@ def to_channels_last(module: nn.Module, device: torch.device) -> nn.Module:
 
 def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over parameter groups (a method's ``param_groups``). A group may carry
-    ``lr_scale``: its learning rate is ``lr_scale`` times the schedule's."""
+    ``lr_scale``: its learning rate is ``lr_scale`` times the schedule's.
+
+    Both update all tensors at once (``foreach``), as PyTorch already does on CUDA: on a CPU its default is
+    a Python loop over the tensors, 2.6-3x slower for ResNet-18's SGD step (39 against 14 ms on one thread),
+    which was a fifth of the training time of a quick-mode run at batch 16."""
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999))
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True, foreach=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999), foreach=True)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
