@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -304,6 +305,42 @@ def test_a_machine_busy_while_the_first_steps_are_timed_still_gets_its_budget(mo
     assert sum(h["steps"] for h in result.history) == result.total_steps == 192
     assert result.train_seconds == pytest.approx(300.0) and result.stop_reason == "schedule done"
     assert result.seconds_per_step == pytest.approx(1.0)
+
+
+class HalfCostFirst(TinyClassifier):
+    """A toy method whose steps cost half a full one in the first half of the schedule (as progressive resizing
+    does); each step advances ``clock`` by its cost in seconds."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.progress = clock, None
+
+    def before_step(self, progress):
+        self.progress = progress
+
+    def step_cost(self, progress):
+        return np.where(np.asarray(progress) < 0.5, 0.5, 1.0)
+
+    def forward(self, x, y, rows, generator):
+        self.clock.t += float(self.step_cost(self.progress))
+        return super().forward(x, y, rows, generator)
+
+
+def test_a_budget_fits_steps_whose_cost_changes_during_the_schedule(monkeypatch):
+    """A full step takes 1 s, but the first half of the schedule's steps half that: a 1-minute budget holds
+    80 steps (40 at 0.5 s, 40 at 1 s), not 60, and the schedule still ends at the budget."""
+    import utils.engine as engine
+
+    clock = Clock()
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    config = TrainConfig(epochs=50, batch_size=16, amp=False, max_minutes=1.0, warmup_epochs=0)
+    result = fit(HalfCostFirst(clock), toy_data(), config, None, lambda m: {"score": 0.0}, progress=False)
+    assert result.seconds_per_step == pytest.approx(1.0)  # a full step's seconds, measured on cheap steps
+    assert result.total_steps == 80 and sum(h["steps"] for h in result.history) == 80
+    assert result.train_seconds == pytest.approx(60.0) and result.stop_reason == "schedule done"
+    ones = lambda progress: np.ones_like(progress)  # noqa: E731 - a uniform cost: the plain division's answer
+    for left in (0.0, 0.5, 41.9, 42.0, 61.3, 1e4):
+        assert engine._fit_schedule(5, 300, left, 0.7, 20, ones) == engine._fit_schedule(5, 300, left, 0.7, 20)
 
 
 def test_a_slowdown_within_an_epoch_stops_at_the_budget(monkeypatch):

@@ -1,9 +1,11 @@
-"""The supervised method's batch mixing (mixup, cutmix) and the identity of runs recorded before it existed."""
+"""The supervised method's batch mixing (mixup, cutmix), progressive resizing, and the identity of runs recorded
+before they existed."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,3 +93,46 @@ def test_runs_recorded_before_mixing_and_weight_averages_existed_keep_their_fold
         mixed = dataclasses.replace(model, mix="cutmix")
         assert settings_key(config_dict(model=mixed, train=train)) != digest
         assert settings_key(config_dict(model=model, train=dataclasses.replace(train, ema=0.99))) != digest
+        resized = dataclasses.replace(model, resize_from=32) if not isinstance(model, RANConfig) else None
+        assert resized is None or settings_key(config_dict(model=resized, train=train)) != digest
+
+
+def test_progressive_resizing_grows_the_training_images_in_steps_of_8_pixels():
+    method = supervised(resize_from=32, resize_until=0.75)
+    progress = np.array([0.0, 0.3, 0.374, 0.375, 0.6, 0.749, 0.75, 1.0])
+    assert method.train_side(progress).tolist() == [32, 32, 32, 40, 40, 40, 48, 48]
+    # a step's cost is the share of the pixels: (32/48)^2, (40/48)^2, 1
+    assert method.step_cost(progress) == pytest.approx([4 / 9] * 3 + [25 / 36] * 3 + [1.0] * 2)
+    assert supervised().step_cost(progress).tolist() == [1.0] * len(progress)
+    odd = supervised(resize_from=30, resize_until=0.5)  # 18 px to grow: 30, 38, 46, then 48 at the end of it
+    assert odd.train_side(np.array([0.0, 0.23, 0.45, 0.5])).tolist() == [30, 38, 46, 48]
+
+
+def test_the_network_sees_resized_images_while_training_and_evaluates_at_full_size():
+    method = supervised(resize_from=32, resize_until=0.5)
+    x = torch.rand(4, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    y, rows = torch.tensor([0, 1, 2, 3]), torch.arange(4)
+    sides = []
+    for progress in (0.0, 0.3, 0.6):
+        method.before_step(progress)
+        _, logs = method(x, y, rows, torch.Generator().manual_seed(0))
+        sides.append((method.encoder.seen.shape[-1], logs["side"]))
+    assert sides == [(32, 32.0), (40, 40.0), (48, 48.0)]
+    method.before_step(0.0)
+    # the resized batch is the augmented one shrunk with antialiasing (a uniform image stays uniform)
+    grey = torch.full((2, 1, 48, 48), 0.25)
+    method(grey, y[:2], rows[:2], torch.Generator().manual_seed(0))
+    torch.testing.assert_close(method.encoder.seen, torch.full((2, 1, 32, 32), 0.25))
+    method.eval()
+    assert method.classifier()(x).shape == (4, 7)  # evaluation takes the full 48 px
+
+
+def test_bad_resizing_settings_are_refused():
+    with pytest.raises(ValueError, match="resize_from"):
+        SupervisedConfig(resize_from=4)
+    with pytest.raises(ValueError, match="resize_until"):
+        SupervisedConfig(resize_from=32, resize_until=0.0)
+    with pytest.raises(ValueError, match="smaller than the images' side, 48 px"):
+        supervised(resize_from=48)
+    with pytest.raises(ValueError, match="RAN has no progressive resizing"):
+        RANConfig(resize_from=32)

@@ -65,9 +65,10 @@ class TrainConfig:
             its schedule to the budget: as many steps as fit (at most ``epochs`` epochs; the last epoch may be
             partial), so warm-up and decay end at the budget on whatever machine it runs; after every epoch,
             and every tenth of the schedule within one, the rest of the schedule is fitted again to the speed
-            measured since. A fitted schedule shorter than planned keeps its warm-up to at most a fifth of its
-            steps (``MAX_WARMUP_SHARE``). Training stops if a slowdown would overrun the budget before the
-            next fit (None: no limit, ``epochs`` epochs).
+            measured since. Steps count at their cost relative to a full one (:meth:`Method.step_cost`: a
+            progressively resized step at 32 of 48 px is 4/9). A fitted schedule shorter than planned keeps its
+            warm-up to at most a fifth of its steps (``MAX_WARMUP_SHARE``). Training stops if a slowdown would
+            overrun the budget before the next fit (None: no limit, ``epochs`` epochs).
         grad_clip: clip the gradient norm to this value (None: no clipping).
         channels_last: keep convolution weights in channels-last memory order on CPU and CUDA (ResNet-18 on
             48x48 faces trains about 1.25x faster on a CPU with bfloat16: the same computation, other kernels).
@@ -210,7 +211,7 @@ class FitResult:
     resumed_from_epoch: int | None = None
     total_steps: int = 0
     steps_per_epoch: int = 0
-    seconds_per_step: float | None = None  # measured to fit the schedule to the time budget
+    seconds_per_step: float | None = None  # of a full-cost step (Method.step_cost), measured to fit the budget
     warmup_steps: int = 0
 
 
@@ -311,6 +312,7 @@ def fit(
     result.stop_reason = "schedule done"
     calibration = min(steps, CALIBRATION_STEPS)  # steps timed before the schedule is fitted to the budget
     out_of_time = False
+    spent = 0.0  # steps taken, each counted at its cost relative to a full step (Method.step_cost)
     for epoch in epochs_bar:
         if step >= total_steps or out_of_time:
             break
@@ -329,16 +331,18 @@ def fit(
             desc=f"epoch {epoch + 1}",
             disable=not show_progress(progress and main),
         )
-        timer = (time.perf_counter(), step)  # the steps timed to fit the schedule start here
+        timer = (time.perf_counter(), step, spent)  # the steps timed to fit the schedule start here
         for b, (x, y, rows) in enumerate(batches):
             if b >= epoch_steps:
                 break
             if b == 1 and not fitted:
-                timer = (time.perf_counter(), step)  # after one step: the first is slower (allocations)
+                timer = (time.perf_counter(), step, spent)  # after one step: the first is slower (allocations)
             share = len(x) // dist_utils.world_size()  # under torchrun each process takes its share
             mine = slice(dist_utils.rank() * share, (dist_utils.rank() + 1) * share)
             x, y, rows = x[mine], y[mine], rows[mine]
             lr = learning_rate(step, total_steps, warmup, config.lr, config.min_lr)
+            method.before_step(step / total_steps)
+            spent += float(method.step_cost(np.float64(step / total_steps)))
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -370,11 +374,11 @@ def fit(
             # its budget's worth of steps
             due = fitted and budget is not None and step - timer[1] >= max(CALIBRATION_STEPS, total_steps // 10)
             if calibrated or (due and step < total_steps):
-                result.seconds_per_step = (now - timer[0]) / (step - timer[1])
+                result.seconds_per_step = (now - timer[0]) / (spent - timer[2])
                 total_steps, warmup = _fit_schedule(
-                    step, steps * config.epochs, budget - elapsed, result.seconds_per_step, warmup
+                    step, steps * config.epochs, budget - elapsed, result.seconds_per_step, warmup, method.step_cost
                 )
-                epoch_steps, fitted, timer = min(steps, total_steps - (step - done)), True, (now, step)
+                epoch_steps, fitted, timer = min(steps, total_steps - (step - done)), True, (now, step, spent)
                 epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
             if budget is not None and _agree(elapsed >= budget) and step < total_steps:
                 out_of_time = True  # slower than measured: stop rather than overrun
@@ -384,9 +388,14 @@ def fit(
         result.train_seconds += train_time
         if budget is not None and fitted and not out_of_time and step > timer[1] and step < total_steps:
             # re-fit the rest of the schedule to the speed since the last fit (machines slow down and speed up)
-            result.seconds_per_step = (tic + train_time - timer[0]) / (step - timer[1])
+            result.seconds_per_step = (tic + train_time - timer[0]) / (spent - timer[2])
             total_steps, warmup = _fit_schedule(
-                step, steps * config.epochs, budget - result.train_seconds, result.seconds_per_step, warmup
+                step,
+                steps * config.epochs,
+                budget - result.train_seconds,
+                result.seconds_per_step,
+                warmup,
+                method.step_cost,
             )
         row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         kept.eval()
@@ -463,12 +472,32 @@ CALIBRATION_STEPS = 12  # steps of the first epoch timed to fit the schedule to 
 
 
 def _fit_schedule(
-    step: int, planned: int, seconds_left: float, seconds_per_step: float, warmup: int
+    step: int,
+    planned: int,
+    seconds_left: float,
+    seconds_per_step: float,
+    warmup: int,
+    cost: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[int, int]:
     """The total steps that fit: those done plus what the time left allows at the measured rate, at most the
     planned number, at least one more (every process gets the same answer under torchrun); and the warm-up,
-    only ever shortened, to at most ``MAX_WARMUP_SHARE`` of that total."""
-    fits = step + int(max(0.0, seconds_left) / seconds_per_step)
+    only ever shortened, to at most ``MAX_WARMUP_SHARE`` of that total.
+
+    ``cost`` (:meth:`Method.step_cost`) gives the cost of a step at a share of the schedule relative to a full
+    step, and ``seconds_per_step`` is then the seconds of a full step. A step's share depends on the total, so
+    the total is the largest whose remaining steps fit (found by bisection; the time left grows with it)."""
+    left = max(0.0, seconds_left)
+    fits = step + int(left / seconds_per_step)  # every step costing a full one
+    if cost is not None:
+
+        def seconds(total: int) -> float:  # the steps from `step` to `total`, as shares of `total`
+            return seconds_per_step * float(np.sum(cost(np.arange(step, total) / total)))
+
+        low, high = step, planned  # seconds(low) <= left; find the largest such total
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if seconds(middle) <= left else (low, middle - 1)
+        fits = low
     total = torch.tensor([max(step + 1, min(planned, fits))], dtype=torch.long)
     total_steps = int(dist_utils.broadcast_(total)[0])
     return total_steps, min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,8 +130,17 @@ class Method(nn.Module):
         """
         raise NotImplementedError
 
+    def before_step(self, progress: float) -> None:
+        """Called before every training step with the share of the schedule done (0..1)."""
+
     def after_step(self, progress: float) -> None:
         """Called after every optimizer step with the share of training done (0..1): momentum updates."""
+
+    def step_cost(self, progress: np.ndarray) -> np.ndarray:
+        """The compute of a training step at these shares of the schedule, relative to a full step: 1
+        everywhere unless the method changes its work during training (progressive resizing). The engine fits a
+        time budget's schedule with it."""
+        return np.ones_like(progress, dtype=np.float64)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """The optimizer's parameter groups. Default: no weight decay on biases and normalisation parameters

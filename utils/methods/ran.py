@@ -80,6 +80,8 @@ class RANConfig(SupervisedConfig):
         super().__post_init__()
         if self.crops not in CROP_LAYOUTS:
             raise ValueError(f"crops must be one of {CROP_LAYOUTS}, not {self.crops!r}")
+        if self.resize_from is not None:  # its crops are resized to crop_size whatever the face's side
+            raise ValueError("RAN has no progressive resizing (resize_from): its crops keep crop_size")
 
 
 def landmark_boxes(landmarks: np.ndarray, size: int, side: float = LANDMARK_CROP_SIDE) -> np.ndarray:
@@ -169,7 +171,7 @@ class RAN(Supervised):
         return {**facts, "crops": dict(zip(self.crop_names[1:], self.net.boxes.tolist()))}
 
     def forward(self, x, y, rows, generator):
-        x, partner, lam = self.mix(self.augment(x, generator), generator)
+        x, partner, lam = self.inputs(x, generator)
         logits, mu, _, _ = self.net.attend(x)
         classification = self.mixed_loss(logits, y, rows, generator, partner, lam)
         biased = region_biased_loss(mu.float(), self.config.margin)
