@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from utils.models import BACKBONES, PretrainedWeightsUnavailable, adapt_first_conv, create_model
+from utils.models import BACKBONES, PretrainedWeightsUnavailable, adapt_first_conv, count_parameters, create_model
 
 LARGE = ("resnet50", "wide_resnet50_2")  # slow to build: tested with one input channel only
 
@@ -192,3 +192,36 @@ def test_feature_map_and_a_last_stage_without_stride():
         net.feature_map(x, "layer5")
     with pytest.raises(ValueError, match="ResNets"):
         create_model("vgg19_bn", 0, 1, last_stride=1)
+
+
+@pytest.mark.parametrize(("name", "blocks"), [("resnet18", 2), ("resnet50", 3)])
+def test_a_narrower_resnet_halves_every_stage_and_keeps_its_maps_sizes(name, blocks):
+    x = torch.zeros(2, 1, 48, 48)
+    full = create_model(name, 7, 1, stem_stride=2).eval()
+    half = create_model(name, 7, 1, stem_stride=2, width=32).eval()
+    expansion = full.feature_dim // 512
+    for stage, channels in zip(("layer1", "layer2", "layer3", "layer4"), (32, 64, 128, 256)):
+        wide_map, narrow_map = full.feature_map(x, stage), half.feature_map(x, stage)
+        assert narrow_map.shape == (2, channels * expansion, *wide_map.shape[2:])
+    assert half.feature_dim == full.feature_dim // 2 and half(x).shape == (2, 7)
+    assert len(half.backbone.layer1) == len(full.backbone.layer1) == blocks
+    ratio = count_parameters(half) / count_parameters(full)
+    assert 0.23 < ratio < 0.27  # convolutions' weights scale with the square of the width
+
+
+def test_a_narrower_resnet_is_initialised_as_torchvision_initialises_one():
+    torch.manual_seed(0)
+    net = create_model("resnet18", 7, 1, stem_stride=2, width=32)
+    conv = net.backbone.layer3[0].conv1.weight  # 128 x 64 x 3 x 3, He normal over fan-out
+    assert abs(conv.std().item() - (2 / (128 * 9)) ** 0.5) < 0.1 * (2 / (128 * 9)) ** 0.5
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in bns)
+
+
+def test_width_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="ResNets only"):
+        create_model("vgg19_bn", 7, 1, width=32)
+    with pytest.raises(ValueError, match="ImageNet weights exist for width 64 only"):
+        create_model("resnet18", 7, 1, pretrained=True, width=32)  # refused before any download
+    with pytest.raises(ValueError, match="at least 1"):
+        create_model("resnet18", 7, 1, width=0)

@@ -79,7 +79,7 @@ def test_bad_mixing_settings_are_refused():
         SupervisedConfig(mix="mixup", mix_prob=1.5)
 
 
-def test_runs_recorded_before_mixing_and_weight_averages_existed_keep_their_folders():
+def test_runs_recorded_before_mixing_weight_averages_and_widths_existed_keep_their_folders():
     # digests computed with the code of commit e05ba31, before `mix*` and `ema` were added
     old = {
         "d9084b0fa799d60ff31dccf9e28e8fed23d942b1": (
@@ -95,6 +95,8 @@ def test_runs_recorded_before_mixing_and_weight_averages_existed_keep_their_fold
         assert settings_key(config_dict(model=model, train=dataclasses.replace(train, ema=0.99))) != digest
         resized = dataclasses.replace(model, resize_from=32) if not isinstance(model, RANConfig) else None
         assert resized is None or settings_key(config_dict(model=resized, train=train)) != digest
+        narrow = dataclasses.replace(model, width=32)  # a field of every method's config (EncoderConfig)
+        assert settings_key(config_dict(model=narrow, train=train)) != digest
 
 
 def test_progressive_resizing_grows_the_training_images_in_steps_of_8_pixels():

@@ -523,14 +523,18 @@ def _write_log(path: Path, history: list[dict]) -> None:
 def config_dict(**configs) -> dict:
     """Dataclass configs (or dicts) as one nested plain dict (``{name: fields}``), for hashing and records.
 
-    A dataclass's ``LATER_DEFAULTS`` (fields added after runs were recorded, and their defaults) are left out
-    while at those values: a run's hash stays what it was before the field existed.
+    A dataclass's ``LATER_DEFAULTS`` (fields added after runs were recorded, and their defaults; those its base
+    classes declare count too) are left out while at those values: a run's hash stays what it was before the
+    field existed.
     """
     out = {}
     for name, c in configs.items():
         if hasattr(c, "__dataclass_fields__"):
             fields = asdict(c)
-            for key, default in getattr(c, "LATER_DEFAULTS", {}).items():
+            later = {}
+            for klass in reversed(type(c).__mro__):
+                later.update(vars(klass).get("LATER_DEFAULTS", {}))
+            for key, default in later.items():
                 if key in fields and fields[key] == default:
                     del fields[key]
             out[name] = fields

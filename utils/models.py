@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
+DEFAULT_WIDTH = 64  # channels of a torchvision ResNet's first stage
 BACKBONES = ("resnet18", "resnet50", "wide_resnet50_2", "vgg19_bn", "efficientnet_b0")
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -106,6 +107,25 @@ def _build(name: str, pretrained: bool) -> nn.Module:
         ) from None
 
 
+def _set_resnet_width(net: torchvision.models.ResNet, width: int) -> None:
+    """Rebuild ``net``'s stem and stages with ``width`` channels in the first stage, doubled at each stage after
+    it: the same blocks, depths, strides and initialisation as torchvision's constructor."""
+    block = type(net.layer1[0])
+    net.inplanes, net.dilation = width, 1
+    net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)  # replaced by the small stem below, as the original
+    net.bn1 = net._norm_layer(width)
+    for i, stage in enumerate(RESNET_STAGES):
+        depth = len(getattr(net, stage))
+        setattr(net, stage, net._make_layer(block, width * 2**i, depth, stride=1 if i == 0 else 2))
+    net.fc = nn.Linear(net.inplanes, net.fc.out_features)
+    for m in net.modules():  # torchvision's ResNet initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 def _without_home(text: str) -> str:
     """``text`` with the user's home folder written ``~`` (messages that end up in stored notebooks)."""
     return text.replace(str(Path.home()), "~")
@@ -149,6 +169,7 @@ def create_model(
     stem_stride: int = 1,
     dropout: float = 0.0,
     last_stride: int = 2,
+    width: int = DEFAULT_WIDTH,
 ) -> FERNet:
     """A torchvision backbone adapted to FER input, with a linear head.
 
@@ -165,11 +186,19 @@ def create_model(
         dropout: dropout before the head.
         last_stride: stride of a ResNet's last stage (1 keeps its map at the size of the stage before, as
             person re-identification and region methods do: 6x6 instead of 3x3 for 48 px with a stride-2 stem).
+        width: channels of a ResNet's first stage, doubled at each stage after it (torchvision's: 64). 32 makes
+            ResNet-18 a quarter of the parameters and about a third of the training time on a CPU.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
     if last_stride != 2 and not name.startswith(("resnet", "wide_resnet")):
         raise ValueError(f"last_stride applies to ResNets only, not {name}")
+    if width != DEFAULT_WIDTH and not name.startswith(("resnet", "wide_resnet")):
+        raise ValueError(f"width applies to ResNets only, not {name}")
+    if width != DEFAULT_WIDTH and pretrained:
+        raise ValueError(f"ImageNet weights exist for width {DEFAULT_WIDTH} only, not {width}: use pretrained=False")
+    if width < 1:
+        raise ValueError(f"width is a number of channels, at least 1, not {width}")
     stem = stem or ("small" if input_size < 112 else "imagenet")
     if stem not in ("small", "imagenet"):
         raise ValueError(f"stem must be 'small' or 'imagenet', not {stem!r}")
@@ -177,6 +206,8 @@ def create_model(
     net = _build(name, pretrained)
 
     if name.startswith(("resnet", "wide_resnet")):
+        if width != DEFAULT_WIDTH:
+            _set_resnet_width(net, width)
         kernel = 7 if pretrained else (3 if small else 7)
         net.conv1 = adapt_first_conv(net.conv1, in_channels, stride=stem_stride if small else 2, kernel=kernel)
         if small:

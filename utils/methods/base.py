@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..loader import channel_count
-from ..models import FERNet, create_model
+from ..models import DEFAULT_WIDTH, FERNet, create_model
 
 KINDS = ("classifier", "representation")
 
@@ -57,12 +57,18 @@ class EncoderConfig:
         channels: input layout (``gray``, ``gray+heatmap``, ...), see :data:`utils.loader.CHANNELS`.
         stem_stride: stride of the small-image stem (2: a quarter of the cost of 1, the CPU setting).
         last_stride: stride of a ResNet's last stage (1 doubles its map's side).
+        width: channels of a ResNet's first stage, doubled at each stage (torchvision's: 64; 32 costs about a
+            third on a CPU).
     """
 
     backbone: str = "resnet18"
     channels: str = "gray"
     stem_stride: int = 2
     last_stride: int = 2
+    width: int = DEFAULT_WIDTH
+
+    # fields added after runs were recorded, left out of their identity at these values (engine.config_dict)
+    LATER_DEFAULTS: ClassVar[dict] = {"width": DEFAULT_WIDTH}
 
     def __post_init__(self):
         channel_count(self.channels)  # raises on an unknown layout
@@ -76,6 +82,7 @@ class EncoderConfig:
             input_size=spec.input_size,
             stem_stride=self.stem_stride,
             last_stride=self.last_stride,
+            width=self.width,
             **kwargs,
         )
 

@@ -61,7 +61,7 @@ def floors(prepared, encoder: EncoderConfig, seed: int = 0, **kwargs) -> list:
     from ..engine import TrainConfig
 
     shared = {"backbone": encoder.backbone, "channels": encoder.channels, "stem_stride": encoder.stem_stride}
-    random_init = RandomInitConfig(**shared, last_stride=encoder.last_stride)
+    random_init = RandomInitConfig(**shared, last_stride=encoder.last_stride, width=encoder.width)
     return [
         runs.run(random_init, prepared, TrainConfig(seed=seed), name=f"floor-random-init-{prepared.name}", **kwargs),
         runs.run(
