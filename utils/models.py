@@ -112,7 +112,7 @@ def _set_resnet_width(net: torchvision.models.ResNet, width: int) -> None:
     it: the same blocks, depths, strides and initialisation as torchvision's constructor."""
     block = type(net.layer1[0])
     net.inplanes, net.dilation = width, 1
-    net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)  # replaced by the small stem below, as the original
+    net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)  # torchvision's stem; adapt_first_conv adapts it below
     net.bn1 = net._norm_layer(width)
     for i, stage in enumerate(RESNET_STAGES):
         depth = len(getattr(net, stage))
