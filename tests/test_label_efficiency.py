@@ -181,3 +181,42 @@ def test_the_table_has_a_row_per_protocol_fraction_and_seed(sample, protocol):
     pooled = le.pooled(table)
     assert (pooled["seeds"] == 1).all() and len(pooled) == len(table)
     assert le.label_efficiency_table([], "fer2013").empty
+
+
+def test_the_newest_start_point_matches_backbone_stem_width_and_seed():
+    def record(method, written, seed=0, **model):
+        model = {"backbone": "resnet18", "channels": "gray", "stem_stride": 2, **model}
+        return {
+            "method": method,
+            "protocol": "floor" if method == "random-init" else "pretrain",
+            "dataset": {"name": "fer2013"},
+            "config": {"model": model},
+            "seed": seed,
+            "written": written,
+            "run_dir": f"{method}-{written}",
+        }
+
+    raw = {**record("raw-pixels", "1", seed=None), "config": {"model": {"channels": "gray"}}}
+    records = [
+        record("hncl", "1"),  # written before widths existed: the default width
+        record("hncl", "2", width=32),
+        record("hncl", "3", width=32, seed=1),
+        record("hncl", "4", stem_stride=4),
+        record("random-init", "1", width=32),
+        {**record("hncl", "5", width=32), "steps_per_epoch_cap": 2},  # a smoke test
+        raw,
+    ]
+    inits = ["random-init", "raw-pixels", "hncl", "moco_v2"]
+
+    def chosen(**kwargs):
+        picked = le.newest_pretrained(records, "fer2013", inits, "resnet18", "gray", **kwargs)
+        return {m: r["run_dir"] for m, r in picked.items()}
+
+    assert chosen(seed=0, stem_stride=2, width=32) == {
+        "random-init": "random-init-1",
+        "raw-pixels": "raw-pixels-1",
+        "hncl": "hncl-2",
+    }
+    assert chosen(seed=0, stem_stride=2, width=64) == {"raw-pixels": "raw-pixels-1", "hncl": "hncl-1"}
+    assert chosen(seed=0, stem_stride=None)["hncl"] == "hncl-4"  # any stem and width: the newest
+    assert chosen(seed=1, stem_stride=2, width=32) == {"raw-pixels": "raw-pixels-1", "hncl": "hncl-3"}

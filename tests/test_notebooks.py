@@ -51,3 +51,23 @@ def test_the_runner_stores_no_progress_bars_and_keeps_a_users_choice(monkeypatch
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert utils.notebooks.main(["01"]) == 0
     assert seen == ["1", "0"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="local socket transport is POSIX only")
+def test_the_runner_executes_a_notebook_and_its_kernel_prints_no_transport_warning(monkeypatch, tmp_path, capfd):
+    """The kernels of ``python -m utils.notebooks`` talk over a local socket file: ipykernel 7 prints, on every
+    start over TCP, a warning that the channel is unencrypted, which a user would see once per notebook."""
+    import nbformat
+
+    import utils.notebooks
+
+    monkeypatch.setattr(utils.notebooks, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(utils.notebooks, "NOTEBOOK_DIR", tmp_path / "notebooks")
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "notebooks" / "01_a.ipynb")
+    assert utils.notebooks.main(["01"]) == 0
+    executed = nbformat.read(tmp_path / "notebooks" / "executed" / "01_a.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from utils import runs
+from utils import methods, runs
+from utils.engine import TrainConfig
 from utils.train import main
 
 
@@ -41,3 +42,14 @@ def test_settings_read_json_and_python_literals():
     assert got == {"lr": 0.1, "space": "centre", "scale": [0.2, 1], "tta": None, "amp": False, "flip": True}
     with pytest.raises(ValueError, match="field=value"):
         parse_settings(["lr"])
+
+
+@pytest.mark.parametrize("name", sorted(methods.names()))
+def test_a_methods_training_defaults_are_typed_as_a_notebooks_values(name):
+    """A run's folder is a digest of its settings as JSON, where 1 and 1.0 differ: a method's defaults must
+    have the types of :class:`TrainConfig`'s fields, or ``python -m utils.train`` names a run differently from
+    the notebook that sets the same values (and neither finds the other's run)."""
+    defaults = TrainConfig()
+    for key, value in methods.get(name).train_defaults.items():
+        expected = type(getattr(defaults, key))
+        assert type(value) is expected, f"{name}.train_defaults[{key!r}] = {value!r}: expected a {expected.__name__}"

@@ -210,20 +210,32 @@ def pooled(table):
 
 
 def newest_pretrained(
-    records: list[dict], dataset: str, inits, backbone: str, channels: str, seed: int, stem_stride: int | None = None
+    records: list[dict],
+    dataset: str,
+    inits,
+    backbone: str,
+    channels: str,
+    seed: int,
+    stem_stride: int | None = None,
+    width: int | None = None,
 ) -> dict:
     """``{method: record}``: for each of ``inits`` (``"moco_v2"``, ``"hncl"``, ``"random-init"``,
     ``"raw-pixels"``, ...) its most recently written finished representation run on ``dataset`` with this
-    backbone, input, stem (None: any) and seed (raw pixels have none), smoke tests left out. Methods without
-    such a run are missing from the result."""
+    backbone, input, stem, ResNet width (None: any; a record from before widths counts as the default, 64) and
+    seed (raw pixels have none), smoke tests left out. Methods without such a run are missing from the
+    result."""
+    from .models import DEFAULT_WIDTH
     from .results import is_smoke_test, representation_records
 
     def matches(r):
-        stem = r.get("config", {}).get("model", {}).get("stem_stride", stem_stride)
+        model = r.get("config", {}).get("model", {})
+        stem = model.get("stem_stride", stem_stride)
+        run_width = model.get("width", DEFAULT_WIDTH) if "backbone" in model else width  # raw pixels: any
         return (
             r.get("method") in inits
             and r.get("seed") in (seed, None)
             and (stem_stride is None or stem == stem_stride)
+            and (width is None or run_width == width)
             and not is_smoke_test(r)
         )
 

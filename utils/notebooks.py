@@ -46,6 +46,12 @@ def main(argv=None) -> int:
         return 2
     out_dir = NOTEBOOK_DIR / "executed"
     out_dir.mkdir(exist_ok=True)
+    kernel = {}
+    if os.name == "posix":  # a local socket file instead of TCP ports (ipykernel 7 warns, per notebook, that TCP is
+        # unencrypted); Windows has no such sockets
+        from traitlets.config import Config
+
+        kernel["config"] = Config({"KernelManager": {"transport": "ipc"}})
     for nb in notebooks:
         params = {}
         for name, value in args.parameter:
@@ -53,7 +59,7 @@ def main(argv=None) -> int:
         tic = time.perf_counter()
         print(f"running {nb.name} ...", flush=True)
         papermill.execute_notebook(
-            str(nb), str(out_dir / nb.name), parameters=params, cwd=str(NOTEBOOK_DIR), progress_bar=False
+            str(nb), str(out_dir / nb.name), parameters=params, cwd=str(NOTEBOOK_DIR), progress_bar=False, **kernel
         )
         print(f"  done in {time.perf_counter() - tic:.0f} s -> {out_dir.relative_to(REPO_ROOT) / nb.name}", flush=True)
     return 0

@@ -61,7 +61,7 @@ class BYOL(Method):
 
     name = "byol"
     Config = BYOLConfig
-    train_defaults = {"lr": 0.06, "weight_decay": 1e-4, "warmup_epochs": 1, "batch_size": 256}
+    train_defaults = {"lr": 0.06, "weight_decay": 1e-4, "warmup_epochs": 1.0, "batch_size": 256}
 
     def __init__(self, config: BYOLConfig, spec):
         super().__init__(config, spec)

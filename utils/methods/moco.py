@@ -62,7 +62,7 @@ class MoCo(Method):
 
     name = "moco_v2"
     Config = MoCoConfig
-    train_defaults = {"lr": 0.06, "weight_decay": 1e-4, "warmup_epochs": 1, "batch_size": 256}
+    train_defaults = {"lr": 0.06, "weight_decay": 1e-4, "warmup_epochs": 1.0, "batch_size": 256}
 
     def __init__(self, config: MoCoConfig, spec):
         super().__init__(config, spec)
