@@ -46,9 +46,10 @@ def main(argv=None) -> int:
         return 2
     out_dir = NOTEBOOK_DIR / "executed"
     out_dir.mkdir(exist_ok=True)
+    # kernels talk over a local socket file rather than TCP ports, of which ipykernel 7 warns, per notebook, that
+    # they are unencrypted; Windows has no such sockets and keeps TCP
     kernel = {}
-    if os.name == "posix":  # a local socket file instead of TCP ports (ipykernel 7 warns, per notebook, that TCP is
-        # unencrypted); Windows has no such sockets
+    if os.name == "posix":
         from traitlets.config import Config
 
         kernel["config"] = Config({"KernelManager": {"transport": "ipc"}})
