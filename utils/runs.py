@@ -40,7 +40,7 @@ from .loader import channel_count, face_tensors
 from .methods import InputSpec, Method, config_from_dict
 from .models import count_parameters
 from .probes import extract_features, knn_scores, representation_metrics
-from .runtime import CHECKPOINT_DIR, machine, pick_device, seed_everything, versions
+from .runtime import CHECKPOINT_DIR, machine, pick_device, provenance, seed_everything, versions
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
@@ -373,6 +373,7 @@ def write_record(folder, record: dict) -> Path:
         **record,
         "versions": record.get("versions") or versions(),
         "machine": record.get("machine") or machine(),
+        "provenance": record.get("provenance") or provenance(),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     path = folder / METRICS_FILE

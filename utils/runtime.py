@@ -148,6 +148,31 @@ def machine() -> dict:
     }
 
 
+def provenance() -> dict:
+    """Where a run came from, for its record: the repository's commit (and whether files differed from it) and
+    the command that started the process (``python -m utils.train ...``, or the notebook kernel's)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py") and Path(argv[0]).resolve().is_relative_to(REPO_ROOT / "utils"):
+        module = Path(argv[0]).resolve().relative_to(REPO_ROOT).with_suffix("")
+        argv = ["python", "-m", ".".join(module.parts), *argv[1:]]
+    return {
+        "commit": commit,
+        "uncommitted_changes": bool(status) if status is not None else None,
+        "command": os.environ.get("FER_COMMAND") or " ".join(argv),
+    }
+
+
 @dataclass
 class Session:
     """What :func:`setup` found: the repository paths, the device and whether quick mode is on."""
