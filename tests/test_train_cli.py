@@ -25,6 +25,18 @@ def test_bad_settings_are_refused(capsys):
     assert main(["byol", "--set", "base_momentum", "--show"]) == 2
 
 
+def test_a_dataset_path_that_does_not_exist_is_an_error(tmp_path, monkeypatch, capsys):
+    """The notebooks fall back to the bundled sample when no dataset is there (the README's first command); a
+    path typed on the command line must exist (unless FER_QUICK asks for the sample)."""
+    monkeypatch.delenv("FER_QUICK", raising=False)
+    missing = tmp_path / "fer2013"
+    assert main(["supervised", "--dataset", "fer2013", str(missing)]) == 2
+    assert f"{missing}: no such dataset" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert main(["supervised", "--init", str(tmp_path / "run")]) == 2
+    assert "no backbone.pt here" in capsys.readouterr().err
+
+
 def test_a_run_on_the_sample(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runs, "CHECKPOINT_DIR", tmp_path)
     monkeypatch.setenv("FER_QUICK", "1")

@@ -310,6 +310,7 @@ def fit(
         total=config.epochs,
     )
     result.stop_reason = "schedule done"
+    method.on_schedule(total_steps)
     calibration = min(steps, CALIBRATION_STEPS)  # steps timed before the schedule is fitted to the budget
     out_of_time = False
     spent = 0.0  # steps taken, each counted at its cost relative to a full step (Method.step_cost)
@@ -379,6 +380,7 @@ def fit(
                     step, steps * config.epochs, budget - elapsed, result.seconds_per_step, warmup, method.step_cost
                 )
                 epoch_steps, fitted, timer = min(steps, total_steps - (step - done)), True, (now, step, spent)
+                method.on_schedule(total_steps)
                 epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
             if budget is not None and _agree(elapsed >= budget) and step < total_steps:
                 out_of_time = True  # slower than measured: stop rather than overrun
@@ -397,6 +399,7 @@ def fit(
                 warmup,
                 method.step_cost,
             )
+            method.on_schedule(total_steps)
         row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
         kept.eval()
         scores = validate(kept) if validate is not None else {"score": float(epoch)}

@@ -14,6 +14,7 @@ regions per image.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -223,35 +224,63 @@ def label_loss(
 # ---------------------------------------------------------------------------------------------- RAN
 
 
-def ran_attention(features: torch.Tensor, self_attention: torch.nn.Module, relation_attention: torch.nn.Module):
+class RANAttention(NamedTuple):
+    """What :func:`ran_attention` computes for ``B`` images of ``n`` regions each (region 0 the whole face)."""
+
+    pooled: torch.Tensor  # (B, 2D): the face representation P the classifier reads
+    mu: torch.Tensor  # (B, n): self-attention weights (the region-biased loss compares them)
+    nu: torch.Tensor  # (B, n): relation-attention weights
+    shares: torch.Tensor  # (B, n): each region's weight in P, mu_i nu_i / sum_j mu_j nu_j (rows sum to 1)
+    self_logits: torch.Tensor  # (B, n): q0 . F_i + b, before the sigmoid
+    relation_logits: torch.Tensor  # (B, n): q1 . [F_i : F_m] + b
+
+
+RAN_NORMALISATIONS = ("softmax", "sum")
+
+
+def ran_attention(
+    features: torch.Tensor,
+    self_attention: torch.nn.Module,
+    relation_attention: torch.nn.Module,
+    normalise: str = "softmax",
+) -> RANAttention:
     """RAN's two attention stages (Wang et al., IEEE TIP 2020, eqs. 1-4) over ``n`` region features per image.
 
-    ``mu_i = sigmoid(q0 . F_i)``, ``F_m = sum_i mu_i F_i / sum_i mu_i``; ``nu_i = sigmoid(q1 . [F_i : F_m])``,
-    ``P = sum_i mu_i nu_i [F_i : F_m] / sum_i mu_i nu_i``.
+    With ``normalise="sum"``, the paper's equations: ``mu_i = sigmoid(q0 . F_i)``, ``F_m = sum_i mu_i F_i /
+    sum_i mu_i``; ``nu_i = sigmoid(q1 . [F_i : F_m])``, ``P = sum_i mu_i nu_i [F_i : F_m] / sum_i mu_i nu_i``.
+    Nothing bounds the ratio of two regions' weights: a region whose sigmoid goes to 0 leaves ``P``.
+
+    With ``normalise="softmax"`` (the authors' FERPlus code, ``FERplus_dir/attention_rank_loss.py``), the
+    sigmoids are turned into weights by a softmax over the regions: ``mu_i = softmax_i(sigmoid(q0 . F_i))``,
+    ``nu_i = softmax_i(sigmoid(q1 . [F_i : F_m]))``, and ``F_m``, ``P`` as above. A sigmoid lies in (0, 1), so
+    no region weighs more than ``e`` times another, and none leaves the pooled face.
 
     Args:
         features: ``(B, n, D)``, region 0 the full face.
         self_attention: ``D -> 1`` (the linear map ``q0``); relation_attention: ``2D -> 1`` (``q1``).
+        normalise: ``softmax`` or ``sum`` (see above).
 
-    The normalised weights ``mu_i / sum mu`` and ``mu_i nu_i / sum mu nu`` are computed as softmaxes of
-    ``log sigmoid`` scores: the same numbers, but finite when every sigmoid of an image underflows to 0 (large
-    features on an unusual image do that in float32, and ``0 / 0`` would make the whole batch's loss NaN).
-
-    Returns:
-        ``(P, mu, nu, shares)``: ``(B, 2D)``, ``(B, n)``, ``(B, n)``, ``(B, n)``; ``shares`` is each region's
-        weight in ``P``, ``mu_i nu_i / sum_j mu_j nu_j`` (rows sum to 1).
+    In ``sum`` mode the normalised weights are computed as softmaxes of ``log sigmoid`` scores: the same numbers,
+    but finite when every sigmoid of an image underflows to 0 (``0 / 0`` would make the batch's loss NaN).
     """
+    if normalise not in RAN_NORMALISATIONS:
+        raise ValueError(f"normalise must be one of {RAN_NORMALISATIONS}, not {normalise!r}")
+    # the weights of sum mode as log-weights: log sigmoid; softmax mode: the sigmoid itself is the log-weight
+    log_weight = torch.sigmoid if normalise == "softmax" else F.logsigmoid
     with torch.autocast(features.device.type, enabled=False):  # float32: sigmoids saturate to 0 in bfloat16
         features = features.float()
-        self_scores = self_attention(features).squeeze(-1)  # (B, n)
-        mu = torch.sigmoid(self_scores)
-        pooled = (torch.softmax(F.logsigmoid(self_scores), dim=1)[..., None] * features).sum(dim=1)  # (B, D)
+        self_logits = self_attention(features).squeeze(-1)  # (B, n)
+        self_share = torch.softmax(log_weight(self_logits), dim=1)  # (B, n): mu_i / sum_j mu_j
+        pooled = (self_share[..., None] * features).sum(dim=1)  # (B, D): F_m
         joined = torch.cat([features, pooled[:, None].expand_as(features)], dim=-1)  # (B, n, 2D)
-        relation_scores = relation_attention(joined).squeeze(-1)  # (B, n)
-        nu = torch.sigmoid(relation_scores)
-        shares = torch.softmax(F.logsigmoid(self_scores) + F.logsigmoid(relation_scores), dim=1)  # (B, n)
+        relation_logits = relation_attention(joined).squeeze(-1)  # (B, n)
+        shares = torch.softmax(log_weight(self_logits) + log_weight(relation_logits), dim=1)  # (B, n)
         out = (shares[..., None] * joined).sum(dim=1)  # (B, 2D)
-    return out, mu, nu, shares
+        if normalise == "softmax":
+            mu, nu = self_share, torch.softmax(torch.sigmoid(relation_logits), dim=1)
+        else:
+            mu, nu = torch.sigmoid(self_logits), torch.sigmoid(relation_logits)
+    return RANAttention(out, mu, nu, shares, self_logits, relation_logits)
 
 
 def region_biased_loss(mu: torch.Tensor, margin: float = 0.1) -> torch.Tensor:

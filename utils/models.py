@@ -78,6 +78,17 @@ class FERNet(nn.Module):
             x = maps[name] = getattr(b, name)(x)
         return [maps[w] for w in wanted]
 
+    def features_from(self, feature_map: torch.Tensor, stage: str) -> torch.Tensor:
+        """``(N, feature_dim)``: the pooled features of a ResNet, run on from the map after ``stage`` (the stages
+        after it, then global pooling). ``features_from(feature_map(x, stage), stage)`` is ``features(x)``."""
+        b = self.backbone
+        if not isinstance(b, torchvision.models.ResNet) or stage not in RESNET_STAGES:
+            raise ValueError(f"only a ResNet runs on from a stage ({RESNET_STAGES}), not {type(b).__name__} {stage!r}")
+        x = feature_map
+        for name in RESNET_STAGES[RESNET_STAGES.index(stage) + 1 :]:
+            x = getattr(b, name)(x)
+        return torch.flatten(b.avgpool(x), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 

@@ -158,7 +158,7 @@ def region_shares(net, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     device = next(net.parameters()).device
     out = []
     for start in range(0, len(x), batch_size):
-        out.append(net.attend(x[start : start + batch_size].to(device).float() / 255)[3])
+        out.append(net.attend(x[start : start + batch_size].to(device).float() / 255)[1].shares)
     return torch.cat(out)
 
 

@@ -181,6 +181,7 @@ def run(
         "protocol": protocol,
         "variant": method.variant(),
         "init": None if init is None else str(init),
+        **({"init_run": init_summary(init)} if init is not None else {}),
         "config": setup,
         "spec": dataclasses.asdict(spec),
         "dataset": setup["data"],
@@ -204,6 +205,32 @@ def run(
             (folder / transient).unlink(missing_ok=True)
     dist_utils.barrier()
     return Run(folder, method, finished(folder) or record, loaded=False, fit=result)
+
+
+def init_summary(init) -> dict | None:
+    """What a run started from, for its record: the starting run's folder, method and training time (tables count
+    that time in the run's budget), read from the ``metrics.json`` beside the ``backbone.pt``; None if there is
+    none (weights from elsewhere)."""
+    record = finished(Path(init).parent)
+    if record is None:
+        return None
+    return {
+        "run": Path(init).parent.name,
+        "method": record.get("method"),
+        "train_seconds": record.get("train_seconds", 0.0) + ((record.get("init_run") or {}).get("train_seconds", 0.0)),
+    }
+
+
+def init_path(init) -> Path:
+    """A run folder or a ``backbone.pt`` as the ``backbone.pt`` to start from; a clear error if there is none."""
+    path = Path(init)
+    if path.is_dir():
+        path = path / BACKBONE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{init}: no {BACKBONE_FILE} here (give a finished run's folder or its {BACKBONE_FILE})"
+        )
+    return path
 
 
 def finetune_settings() -> TrainConfig:

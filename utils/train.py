@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -27,16 +28,22 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="the method's settings")
     parser.add_argument("--train", nargs="*", default=[], metavar="FIELD=VALUE", help="TrainConfig settings")
     parser.add_argument("--name", default=None, help="run folder prefix (default: <method>-<dataset>)")
+    parser.add_argument("--init", default=None, metavar="RUN", help="start the backbone from a finished run's folder")
     parser.add_argument("--show", action="store_true", help="print the method's settings and their defaults")
     args = parser.parse_args(argv)
 
     from .engine import TrainConfig
+    from .runtime import quick_mode
 
     try:
+        if args.init:
+            from .runs import init_path
+
+            init_path(args.init)  # before any data is read: a wrong path fails at once
         cls = methods.get(args.method)
         config = methods.config_from_dict(cls.Config, methods.parse_settings(args.set))
         train = TrainConfig(**{**cls.train_defaults, **methods.parse_settings(args.train)})
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.show:
@@ -46,6 +53,9 @@ def main(argv=None) -> int:
             )
         )
         return 0
+    if not quick_mode() and not Path(args.dataset[1]).exists():  # notebooks fall back to the sample; not here
+        print(f"error: {args.dataset[1]}: no such dataset folder or file (for {args.dataset[0]})", file=sys.stderr)
+        return 2
 
     from . import distributed as dist_utils
     from . import runs
@@ -57,7 +67,8 @@ def main(argv=None) -> int:
     dataset, _ = load_dataset_or_sample(name, path, **options)
     dataset = ensure_val_split(dataset, seed=train.seed)
     prepared = prepare(dataset, remembered_config("fer2013" if name == "ferplus" else dataset.name), progress=False)
-    run = runs.run(config, prepared, train, name=args.name)
+    init = runs.init_path(args.init) if args.init else None
+    run = runs.run(config, prepared, train, name=args.name, init=init)
     if dist_utils.is_main():
         r = run.record
         print(f"{run.run_dir.name}: {r.get('epochs_run')} epochs, {r.get('train_seconds', 0) / 60:.1f} min")

@@ -143,6 +143,10 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called after every optimizer step with the share of training done (0..1): momentum updates."""
 
+    def on_schedule(self, total_steps: int) -> None:
+        """Called with the schedule's length in optimizer steps before training, and again whenever a time
+        budget fits it anew (:attr:`~utils.engine.TrainConfig.max_minutes`): rates sized to the run's length."""
+
     def step_cost(self, progress: np.ndarray) -> np.ndarray:
         """The compute of a training step at these shares of the schedule, relative to a full step: 1
         everywhere unless the method changes its work during training (progressive resizing). The engine fits a

@@ -3,30 +3,47 @@ Occlusion Robust Facial Expression Recognition", IEEE TIP 2020; the authors' cod
 github.com/kaiwang960112/Challenge-condition-FER-dataset, ``FERplus_dir/``). Written anew from the paper;
 the code was read for its facts.
 
-The aligned face and ``n`` crops of it go through one shared backbone; RAN weighs their features twice:
+The aligned face (region 0) and ``n`` crops of it are described by one shared backbone; RAN weighs the
+regions' features twice (:func:`utils.losses.ran_attention`):
 
-- **self-attention**: ``mu_i = sigmoid(q0 . F_i)`` per region; the weighted mean ``F_m``;
-- **relation attention**: ``nu_i = sigmoid(q1 . [F_i : F_m])``; the face is
-  ``P = sum_i mu_i nu_i [F_i : F_m] / sum_i mu_i nu_i``, and the classifier reads ``P``
-  (:func:`utils.losses.ran_attention`);
+- **self-attention**: a weight ``mu_i`` per region from ``sigmoid(q0 . F_i)``; their weighted mean ``F_m``;
+- **relation attention**: ``nu_i`` from ``sigmoid(q1 . [F_i : F_m])``; the face is
+  ``P = sum_i mu_i nu_i [F_i : F_m] / sum_i mu_i nu_i``, and the classifier reads ``P``;
 - **region-biased loss**: ``max(0, delta - (max over crops mu_i - mu_0))``, ``mu_0`` the full face's weight,
   so that some crop matters more than the whole face; total loss = classification + ``lambda`` x it
   (:func:`utils.losses.region_biased_loss`; the authors: delta 0.1, lambda 1).
 
+The weights: the paper divides the sigmoids by their sum; the authors' code takes a softmax over the regions
+of the sigmoids (``attention="softmax"``, the default here). With the paper's form nothing keeps a region in
+the pooled face: on a random backbone the region-biased loss drove the face's share from 0.17 to 0.01 within
+100 steps, and the logits to |3-5|, where the sigmoids pass almost no gradient and the attention no longer
+moves when a crop is hidden. The softmax bounds the ratio of any two weights by ``e``.
+
+Where the regions come from (``regions_from``):
+
+- ``layer3`` (default; ``layer1``, ``layer2`` work too): the backbone runs once on the face up to that stage;
+  each region, the whole face included, is cut from that stage's map with RoIAlign at ``region_size`` cells
+  and runs through the remaining stages. The face and the crops are then one population for the batch
+  norms, and the convolutions before the stage are not repeated per crop. ResNets only.
+- ``image``: the paper's path, one backbone pass per region: the face and every crop resized to
+  ``region_size`` pixels (None: the face's side, so crops are upsampled, as the authors' 224-px crops are)
+  in one batch. Six regions cost six faces: a GPU recipe.
+
 Crops (boxes relative to the face, the same for every image):
 
-- ``fixed``: the four corners and the centre, each 0.75 of the side. The paper's fixed crops are three
-  (top-left, top-right, centre-bottom, 0.75 of the side); the authors' FERPlus code feeds 5 crops and the
-  face. Corners and centre cover brows and eyes (top), each cheek and mouth corner (bottom) and the nose;
+- ``three`` (default): the paper's fixed crops, top-left, top-right and bottom-centre, each 0.75 of the side:
+  left eye and brow, right eye and brow, nose and mouth. Four regions with the face;
+- ``fixed``: the authors' FERPlus code, the four corners and the centre, each 0.75 of the side: brows and eyes
+  (top), each cheek and mouth corner (bottom) and the nose. Six regions with the face;
 - ``landmarks``: boxes around the left eye and brow, the right eye and brow, the nose and the mouth, at the
   mean position of those landmark groups over the training faces. The faces are aligned on the eyes, so a
   box at the mean position covers its part on most faces; boxes per image would have to follow every
   augmentation of the image.
 
-Cost: every crop is one more backbone pass. Here a crop is resized to ``crop_size`` (36 px: the size a
-0.75 crop of a 48-px face already has, so the fixed crops are not resampled) while the face stays at 48 px,
-and the stride-2 stem of the suite's CPU runs is kept: five crops cost ``5 x (36/48)^2 = 2.8`` faces, 3.8x a
-plain classifier's compute per image (the authors feed all six at 224 px: 6x).
+Starting weights: the authors start from a ResNet-18 trained for face recognition (MS-Celeb-1M). Here any
+finished run's backbone can be the start (``runs.run(..., init=...)``, notebook 06's ``INIT_RUN``), and the
+region-biased loss is ramped in over the first ``rb_warmup`` of the schedule, so that it does not act on the
+meaningless features of a random start.
 """
 
 from __future__ import annotations
@@ -38,13 +55,18 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from ..losses import ran_attention, region_biased_loss
+from ..losses import RAN_NORMALISATIONS, RANAttention, ran_attention, region_biased_loss
 from ..regions import LANDMARK_GROUPS
 from .base import register
 from .supervised import Supervised, SupervisedConfig
 
-CROP_LAYOUTS = ("fixed", "landmarks")
-FIXED_CROPS = {  # (x0, y0, x1, y1) relative to the face
+CROP_LAYOUTS = ("three", "fixed", "landmarks")
+THREE_CROPS = {  # the paper's fixed crops (Sec. III-B), (x0, y0, x1, y1) relative to the face, 0.75 of the side
+    "top-left": (0.0, 0.0, 0.75, 0.75),  # left eye and brow
+    "top-right": (0.25, 0.0, 1.0, 0.75),  # right eye and brow
+    "bottom-centre": (0.125, 0.25, 0.875, 1.0),  # nose and mouth
+}
+FIXED_CROPS = {  # the authors' FERPlus code: the four corners and the centre, 0.75 of the side
     "top-left": (0.0, 0.0, 0.75, 0.75),
     "top-right": (0.25, 0.0, 1.0, 0.75),
     "bottom-left": (0.0, 0.25, 0.75, 1.0),
@@ -58,6 +80,10 @@ LANDMARK_CROPS = {  # landmark indices (iBUG 68) whose mean position centres eac
     "mouth": list(LANDMARK_GROUPS["mouth"]),
 }
 LANDMARK_CROP_SIDE = 0.5  # share of the face side a landmark box spans (24 px at 48)
+FACE_BOX = (0.0, 0.0, 1.0, 1.0)  # region 0, the whole face
+
+
+REGION_SOURCES = ("image", "layer1", "layer2", "layer3")
 
 
 @dataclass
@@ -65,23 +91,52 @@ class RANConfig(SupervisedConfig):
     """RAN's settings besides a classifier's.
 
     Attributes:
-        crops: ``fixed`` (corners and centre) or ``landmarks`` (eyes, nose, mouth at their mean positions).
-        crop_size: side the crops are resized to before the backbone (None: the face's size).
+        crops: ``three`` (the paper's: top-left, top-right, bottom-centre), ``fixed`` (the authors' FERPlus code:
+            corners and centre) or ``landmarks`` (eyes, nose, mouth at their mean positions).
+        regions_from: ``layer3`` (or ``layer1``, ``layer2``): regions cut from that stage's map of the face and
+            run through the later stages; ``image``: one backbone pass per region (the paper).
+        region_size: each region's side, in cells of that map (4: a 0.75 crop of a 48-px face's 6x6 layer3 map
+            with the stride-2 stem is 4.5 cells), or in pixels with ``image`` (None: the face's side).
+        attention: ``softmax`` (the authors' code: a softmax over the regions of the sigmoids) or ``sum`` (the
+            paper's equations: the sigmoids divided by their sum), see :func:`utils.losses.ran_attention`.
         margin: the region-biased loss's margin delta (authors: 0.1).
         rb_weight: its weight lambda in the total loss (authors: 1).
+        rb_warmup: share of the schedule over which that weight rises linearly from 0 (0: full from the first
+            step, as the authors, who start from a face-recognition network).
     """
 
-    crops: str = "fixed"
-    crop_size: int | None = 36
+    crops: str = "three"
+    regions_from: str = "layer3"
+    region_size: int | None = 4
+    attention: str = "softmax"
     margin: float = 0.1
     rb_weight: float = 1.0
+    rb_warmup: float = 0.25
 
     def __post_init__(self):
         super().__post_init__()
         if self.crops not in CROP_LAYOUTS:
             raise ValueError(f"crops must be one of {CROP_LAYOUTS}, not {self.crops!r}")
-        if self.resize_from is not None:  # its crops are resized to crop_size whatever the face's side
-            raise ValueError("RAN has no progressive resizing (resize_from): its crops keep crop_size")
+        if self.regions_from not in REGION_SOURCES:
+            raise ValueError(f"regions_from must be one of {REGION_SOURCES}, not {self.regions_from!r}")
+        if self.regions_from != "image" and not self.backbone.startswith("resnet"):
+            raise ValueError(f"regions_from={self.regions_from!r} needs a ResNet; with {self.backbone} use 'image'")
+        if self.region_size is None and self.regions_from != "image":
+            raise ValueError("region_size is a number of cells when regions come from a stage's map")
+        if self.attention not in RAN_NORMALISATIONS:
+            raise ValueError(f"attention must be one of {RAN_NORMALISATIONS}, not {self.attention!r}")
+        if not 0.0 <= self.rb_warmup <= 1.0:
+            raise ValueError(f"rb_warmup is a share of the schedule in [0, 1], not {self.rb_warmup!r}")
+        if self.resize_from is not None:  # its regions have a fixed size whatever the face's side
+            raise ValueError("RAN has no progressive resizing (resize_from): its regions keep region_size")
+
+
+def fixed_boxes(layout: str) -> dict[str, tuple[float, float, float, float]]:
+    """The crops of a layout by name: the fixed boxes, or for ``landmarks`` the whole face until
+    :func:`landmark_boxes` places them on the training faces."""
+    if layout == "landmarks":
+        return dict.fromkeys(LANDMARK_CROPS, FACE_BOX)
+    return THREE_CROPS if layout == "three" else FIXED_CROPS
 
 
 def landmark_boxes(landmarks: np.ndarray, size: int, side: float = LANDMARK_CROP_SIDE) -> np.ndarray:
@@ -115,29 +170,61 @@ def region_crops(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tenso
 
 
 class RANNet(nn.Module):
-    """Images to logits through crops, a shared backbone and RAN's two attentions (a classifier)."""
+    """Images to logits through regions, a shared backbone and RAN's two attentions (a classifier).
 
-    def __init__(self, encoder, num_classes: int, boxes: torch.Tensor, crop_size: int, dropout: float = 0.0):
+    Args:
+        encoder: the backbone (:class:`~utils.models.FERNet`).
+        num_classes: the classifier's outputs.
+        boxes: ``(n, 4)`` relative crop boxes; the whole face is added as region 0.
+        regions_from: ``image`` or a ResNet stage (see :class:`RANConfig`).
+        region_size: a region's side in pixels (``image``) or cells of the stage's map.
+        attention: how the attention weights are normalised (:func:`utils.losses.ran_attention`).
+    """
+
+    def __init__(
+        self,
+        encoder,
+        num_classes: int,
+        boxes: torch.Tensor,
+        regions_from: str,
+        region_size: int,
+        attention: str = "softmax",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         d = encoder.feature_dim
         self.encoder = encoder
         self.register_buffer("boxes", boxes.float())  # (n, 4) relative crop boxes
-        self.crop_size = crop_size
+        self.regions_from, self.region_size, self.attention = regions_from, region_size, attention
         self.self_attention = nn.Linear(d, 1)  # q0
         self.relation_attention = nn.Linear(2 * d, 1)  # q1
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * d, num_classes))
 
+    def region_boxes(self) -> torch.Tensor:
+        """``(1 + n, 4)``: the whole face, then the crops."""
+        return torch.cat([self.boxes.new_tensor([FACE_BOX]), self.boxes])
+
+    def region_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B * (1 + n), C, s, s)``: every region, the face first, as the stage after ``regions_from`` sees it:
+        image crops, or crops of the face's map at that stage."""
+        if self.regions_from == "image":
+            return region_crops(x, self.region_boxes(), self.region_size)
+        return region_crops(self.encoder.feature_map(x, self.regions_from), self.region_boxes(), self.region_size)
+
     def region_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + n, D)``: the full face's pooled features, then each crop's."""
-        face = self.encoder.features(x)  # (B, D)
-        crops = self.encoder.features(region_crops(x, self.boxes, self.crop_size))  # (B * n, D)
-        return torch.cat([face[:, None], crops.reshape(-1, self.boxes.shape[0], face.shape[1])], dim=1)
+        regions = self.region_inputs(x)
+        if self.regions_from == "image":
+            features = self.encoder.features(regions)
+        else:
+            features = self.encoder.features_from(regions, self.regions_from)
+        return features.reshape(x.shape[0], 1 + self.boxes.shape[0], -1)
 
-    def attend(self, x: torch.Tensor):
-        """``(logits, mu, nu, shares)``: class scores ``(B, C)``, the two attention weights and each region's share
-        of the pooled face, ``(B, 1 + n)`` each."""
-        pooled, mu, nu, shares = ran_attention(self.region_features(x), self.self_attention, self.relation_attention)
-        return self.head(pooled), mu, nu, shares
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, RANAttention]:
+        """``(logits, attention)``: class scores ``(B, C)`` and the attention's weights and logits
+        (:class:`~utils.losses.RANAttention`, ``(B, 1 + n)`` each)."""
+        attention = ran_attention(self.region_features(x), self.self_attention, self.relation_attention, self.attention)
+        return self.head(attention.pooled), attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x)[0]
@@ -152,8 +239,9 @@ class RAN(Supervised):
 
     def build(self, config: RANConfig, spec) -> None:  # the rest is the plain classifier's (labels, weights)
         encoder = config.encoder(spec, 0, pretrained=config.pretrained)
-        boxes = torch.tensor(list(FIXED_CROPS.values()) if config.crops == "fixed" else [[0.0, 0.0, 1.0, 1.0]] * 4)
-        self.net = RANNet(encoder, spec.num_classes, boxes, config.crop_size or spec.input_size, config.dropout)
+        boxes = torch.tensor(list(fixed_boxes(config.crops).values()))  # landmark boxes: set by prepare()
+        size = config.region_size or spec.input_size
+        self.net = RANNet(encoder, spec.num_classes, boxes, config.regions_from, size, config.attention, config.dropout)
 
     @property
     def encoder(self):
@@ -161,7 +249,7 @@ class RAN(Supervised):
 
     @property
     def crop_names(self) -> list[str]:
-        return ["face", *(FIXED_CROPS if self.config.crops == "fixed" else LANDMARK_CROPS)]
+        return ["face", *fixed_boxes(self.config.crops)]
 
     def prepare(self, train, prepared, train_config) -> dict:
         facts = super().prepare(train, prepared, train_config)
@@ -170,14 +258,24 @@ class RAN(Supervised):
             self.net.boxes.copy_(torch.from_numpy(boxes))
         return {**facts, "crops": dict(zip(self.crop_names[1:], self.net.boxes.tolist()))}
 
+    def rb_scale(self) -> float:
+        """The region-biased loss's weight now: ``rb_weight``, ramped in over the first ``rb_warmup``."""
+        c = self.config
+        return c.rb_weight * (min(1.0, self.progress / c.rb_warmup) if c.rb_warmup > 0 else 1.0)
+
     def forward(self, x, y, rows, generator):
         x, partner, lam = self.inputs(x, generator)
-        logits, mu, _, _ = self.net.attend(x)
+        logits, attention = self.net.attend(x)
         classification = self.mixed_loss(logits, y, rows, generator, partner, lam)
-        biased = region_biased_loss(mu.float(), self.config.margin)
-        loss = classification + self.config.rb_weight * biased
-        logs = {"acc": (logits.argmax(dim=1) == y).float().mean().item(), "region_biased": biased.item()}
-        return loss, {**logs, "mu_face": mu[:, 0].mean().item(), "mu_crops": mu[:, 1:].mean().item()}
+        biased = region_biased_loss(attention.mu, self.config.margin)
+        loss = classification + self.rb_scale() * biased
+        both = torch.cat([attention.self_logits, attention.relation_logits], dim=1).detach()  # (B, 2 (1 + n))
+        return loss, {
+            "acc": (logits.argmax(dim=1) == y).float().mean().item(),
+            "region_biased": biased.item(),
+            "face_share": attention.shares[:, 0].mean().item(),  # the whole face's weight in the pooled face
+            "attention_logit": both.abs().mean().item(),  # past about 4 a sigmoid passes < 7 % of its gradient
+        }
 
     def classifier(self):
         return self.net
