@@ -20,6 +20,25 @@ if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
         os.environ.setdefault(name, str(max(1, cores // workers)))
 
 
+def pytest_configure(config):
+    """The notebooks under test train into a folder of their own, never reloading the runs the README's first
+    command left in checkpoints/ (a change that breaks training must fail here). Set before utils is imported,
+    and inherited by every notebook kernel this process starts."""
+    if not os.environ.get("FER_CHECKPOINTS"):
+        import tempfile
+
+        os.environ["FER_CHECKPOINTS"] = config._fer_checkpoints = tempfile.mkdtemp(prefix="fer-test-checkpoints-")
+
+
+def pytest_unconfigure(config):
+    """Remove the notebooks' checkpoint folder this session made (the process that made it does)."""
+    made = getattr(config, "_fer_checkpoints", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)
+
+
 def pytest_xdist_make_scheduler(config, log):
     """With ``-n``: two units of work, the notebooks (their cells share one kernel, and they read each other's
     runs: 07 needs 02's, 08 03-05's, 09 all) in their order on one worker, the unit tests (whose module-scoped
@@ -46,7 +65,7 @@ def sample_cache(tmp_path_factory):
 def sample(sample_cache):
     """The bundled sample (720 synthetic faces in the FER2013 format), prepared once per test session."""
     from utils.data import load_dataset_or_sample
-    from utils.faces import FaceConfig, prepare
+    from utils.data.faces import FaceConfig, prepare
 
     ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
     return prepare(ds, FaceConfig(), cache_dir=sample_cache, workers=1, progress=False)
@@ -58,7 +77,7 @@ def finished_runs(sample, tmp_path_factory):
     backbone, trained once per session: tests read them; a test that writes into a run copies it first."""
     from helpers import RUN_STEPS, RUN_TRAIN, run_configs
 
-    from utils import runs
+    from utils.core import runs
 
     root = tmp_path_factory.mktemp("checkpoints")
     kwargs = {"checkpoint_dir": root, "device": "cpu", "progress": False, "steps_per_epoch": RUN_STEPS}

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from utils.engine import TrainConfig
+from utils.core.engine import TrainConfig
 from utils.methods import InputSpec
 from utils.methods.byol import BYOLConfig
 from utils.methods.floors import RandomInitConfig, RawPixelsConfig
 from utils.methods.fra import FRAConfig
 from utils.methods.hncl import HNCLConfig
 from utils.methods.moco import MoCoConfig
+from utils.methods.neighbours import NeighbourConfig
 from utils.methods.ran import RANConfig
 from utils.methods.supervised import SupervisedConfig
-from utils.neighbours import NeighbourConfig
 
 # BYOL-family heads small enough for a CPU test
 BYOL_SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
@@ -21,6 +21,7 @@ BYOL_SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "pr
 FRA_SMALL = {**BYOL_SMALL, "region_stage": "layer2", "dense_hidden": 32}
 
 # the finished runs the unit tests share (conftest's ``finished_runs``): every method, 1 epoch of 2 steps
+RAN_SHARED_MAP = {"crops": "three", "regions_from": "layer3", "region_size": 4}  # the CPU recipe's regions
 RUN_TRAIN = TrainConfig(epochs=1, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
 RUN_STEPS = 2  # per epoch
 
@@ -34,7 +35,7 @@ def run_configs() -> dict:
         "hncl": HNCLConfig(**ssl, neighbours=NeighbourConfig(k=3)),
         "byol": BYOLConfig(**BYOL_SMALL),
         "fra": FRAConfig(**FRA_SMALL),
-        "ran": RANConfig(stem_stride=4, tta="flip"),
+        "ran": RANConfig(stem_stride=4, tta="flip", **RAN_SHARED_MAP),
         "random-init": RandomInitConfig(stem_stride=4),
         "raw-pixels": RawPixelsConfig(),
     }

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.augment import AugmentConfig, BatchAugment, mix_batch
+from utils.core.augment import AugmentConfig, BatchAugment, mix_batch
 
 # Every change switched off: the warp is the identity and the photometric step does nothing.
 IDENTITY = AugmentConfig(
@@ -191,7 +191,7 @@ def test_erasing_sets_a_rectangle_to_the_image_mean():
 
 
 def test_sampling_grid_equals_affine_grid():
-    from utils.augment import sampling_grid
+    from utils.core.augment import sampling_grid
 
     theta = BatchAugment(AugmentConfig(rotate=30, translate=0.2, scale=(0.5, 1.0), ratio=(0.7, 1.4))).affine_matrices(
         9, "cpu", torch.Generator().manual_seed(3)

@@ -1,6 +1,6 @@
 """Dataset readers: each dataset written in its own format and numbering, read back in canonical labels.
 
-Canonical ids (utils.labels): 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral, 7 contempt.
+Canonical ids (utils.data.labels): 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral, 7 contempt.
 The expected labels below are written out by hand from each dataset's documentation, not computed with
 the maps under test.
 """

@@ -2,12 +2,12 @@
 
 One ``torchrun`` launch runs a worker script (written into ``tmp_path``) that checks, in each process:
 
-- :func:`utils.distributed.gather` concatenates in rank order;
+- :func:`utils.core.distributed.gather` concatenates in rank order;
 - one MoCo forward on rank-specific data (same seeded initial weights) enqueues the keys of both processes,
   rank 0's batch first, so that both processes hold the same queue;
-- :func:`utils.engine.fit` for a few steps under DistributedDataParallel ends with the same weights on both
+- :func:`utils.core.engine.fit` for a few steps under DistributedDataParallel ends with the same weights on both
   ranks;
-- :func:`utils.runs.run` (supervised, BYOL) writes one record, which both processes read back, and leaves
+- :func:`utils.core.runs.run` (supervised, BYOL) writes one record, which both processes read back, and leaves
   the same weights in both (the second part of the script, ``RUN_WORKER``).
 
 Each rank saves what it saw; the tests compare them.
@@ -32,8 +32,8 @@ import sys
 import torch
 
 from utils import distributed as dist_utils
-from utils.engine import TrainConfig, fit
-from utils.loader import FaceTensors
+from utils.core.engine import TrainConfig, fit
+from utils.core.loader import FaceTensors
 from utils.methods import InputSpec
 from utils.methods.moco import MoCo, MoCoConfig
 
@@ -178,8 +178,8 @@ import torch
 from utils import distributed as dist_utils
 from utils import runs
 from utils.data import load_dataset_or_sample
-from utils.engine import TrainConfig
-from utils.faces import FaceConfig, prepare
+from utils.core.engine import TrainConfig
+from utils.data.faces import FaceConfig, prepare
 from utils.methods.byol import BYOLConfig
 from utils.methods.supervised import SupervisedConfig
 

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.augment import AugmentConfig, BatchAugment
-from utils.engine import TrainConfig, class_weights, fit, learning_rate, load_checkpoint
-from utils.loader import FaceTensors
+from utils.core.augment import AugmentConfig, BatchAugment
+from utils.core.budget import fit_schedule
+from utils.core.engine import TrainConfig, class_weights, fit, learning_rate, load_checkpoint
+from utils.core.loader import FaceTensors
 from utils.methods import Method
-from utils.models import FERNet
+from utils.methods.models import FERNet
 
 
 def tiny_net(seed=0, classes=3):
@@ -240,7 +241,7 @@ def clocked_method(clock, seconds=None):
 
 def test_a_time_budget_fits_the_schedule_to_the_measured_speed(monkeypatch):
     """1 s per step and a 1-minute budget: 60 steps in all, whatever EPOCHS says, ending with the schedule."""
-    import utils.engine as engine
+    import utils.core.engine as engine
 
     clock = Clock(1.0)
     monkeypatch.setattr(engine.time, "perf_counter", clock)
@@ -255,7 +256,7 @@ def test_a_time_budget_fits_the_schedule_to_the_measured_speed(monkeypatch):
 
 def test_a_budget_that_fits_few_steps_shortens_the_warm_up(monkeypatch):
     """5 warm-up epochs (30 steps) planned, 60 steps fit: the warm-up becomes a fifth of them, 12 steps."""
-    import utils.engine as engine
+    import utils.core.engine as engine
 
     clock = Clock(1.0)
     monkeypatch.setattr(engine.time, "perf_counter", clock)
@@ -273,7 +274,7 @@ def test_a_budget_that_fits_few_steps_shortens_the_warm_up(monkeypatch):
 def test_the_schedule_follows_a_slowdown_between_epochs(monkeypatch, tmp_path):
     """Fitted at 1 s per step, then every step takes 3 s: after each epoch the rest of the schedule is fitted
     again, and the run still ends with its schedule exactly at the budget."""
-    import utils.engine as engine
+    import utils.core.engine as engine
 
     clock = Clock(1.0)
     monkeypatch.setattr(engine.time, "perf_counter", clock)
@@ -294,7 +295,7 @@ def test_a_machine_busy_while_the_first_steps_are_timed_still_gets_its_budget(mo
     """10 s a step while the schedule is first fitted (another program holds the CPU), then 1 s: the fit after
     12 steps plans 30 steps, ending at 138 s of 300 inside the first epoch (48 steps); the fit again within
     the epoch (every 12 steps) finds the machine fast and plans what the rest of the budget holds."""
-    import utils.engine as engine
+    import utils.core.engine as engine
 
     clock = Clock()
     monkeypatch.setattr(engine.time, "perf_counter", clock)
@@ -329,7 +330,7 @@ class HalfCostFirst(TinyClassifier):
 def test_a_budget_fits_steps_whose_cost_changes_during_the_schedule(monkeypatch):
     """A full step takes 1 s, but the first half of the schedule's steps half that: a 1-minute budget holds
     80 steps (40 at 0.5 s, 40 at 1 s), not 60, and the schedule still ends at the budget."""
-    import utils.engine as engine
+    import utils.core.engine as engine
 
     clock = Clock()
     monkeypatch.setattr(engine.time, "perf_counter", clock)
@@ -340,11 +341,11 @@ def test_a_budget_fits_steps_whose_cost_changes_during_the_schedule(monkeypatch)
     assert result.train_seconds == pytest.approx(60.0) and result.stop_reason == "schedule done"
     ones = lambda progress: np.ones_like(progress)  # noqa: E731 - a uniform cost: the plain division's answer
     for left in (0.0, 0.5, 41.9, 42.0, 61.3, 1e4):
-        assert engine._fit_schedule(5, 300, left, 0.7, 20, ones) == engine._fit_schedule(5, 300, left, 0.7, 20)
+        assert fit_schedule(5, 300, left, 0.7, 20, ones) == fit_schedule(5, 300, left, 0.7, 20)
 
 
 def test_a_slowdown_within_an_epoch_stops_at_the_budget(monkeypatch):
-    import utils.engine as engine
+    import utils.core.engine as engine
 
     clock = Clock()
     # from step 41, in the middle of an epoch: the next fit, at step 42, averages 1 s and 5 s steps and plans

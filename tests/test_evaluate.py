@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from utils import runs
+from utils.core import runs
+from utils.core.runtime import SAMPLE_DIR
 from utils.evaluate import evaluate_run, main
-from utils.runtime import SAMPLE_DIR
 
 
 @pytest.fixture(scope="module")

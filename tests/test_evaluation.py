@@ -11,8 +11,8 @@ import torch
 from sklearn import metrics as skm
 from torch import nn
 
-from utils.evaluation import classification_metrics, per_class_table, predict
-from utils.loader import FaceTensors
+from utils.core.loader import FaceTensors
+from utils.evaluation.metrics import classification_metrics, per_class_table, predict
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 

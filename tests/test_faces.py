@@ -7,9 +7,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import cache, faces
-from utils.data import load_dataset
-from utils.faces import FaceConfig, FacePreprocessor, centre_heatmap, landmark_heatmaps, prepare, similarity_to_template
+from utils.core import cache
+from utils.data import faces, load_dataset
+from utils.data.faces import (
+    FaceConfig,
+    FacePreprocessor,
+    centre_heatmap,
+    landmark_heatmaps,
+    prepare,
+    similarity_to_template,
+)
 
 
 def slow_heatmap(points, size, sigma):

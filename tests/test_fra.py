@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from helpers import BYOL_SMALL, FRA_SMALL, randn, spec
 
-from utils.engine import TrainConfig, fit
-from utils.loader import face_tensors
-from utils.losses import byol_loss, region_loss, relation_loss, sinkhorn
+from utils.core.engine import TrainConfig, fit
+from utils.core.loader import face_tensors
+from utils.evaluation.regions import GROUPS, group_map, group_shares, region_table
 from utils.methods.fra import FRA, FRAConfig, sine_positions
-from utils.regions import GROUPS, group_map, group_shares, region_table
+from utils.methods.losses import byol_loss, region_loss, relation_loss, sinkhorn
 
 # ---------------------------------------------------------------------------------------------- FRA
 

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from utils import label_efficiency as le
-from utils import runs
-from utils.engine import TrainConfig
+from utils.core import runs
+from utils.core.engine import TrainConfig
+from utils.evaluation import label_efficiency as le
 from utils.methods.floors import RandomInitConfig
 from utils.methods.supervised import SupervisedConfig
 
@@ -141,7 +141,7 @@ def test_a_probe_is_recorded_in_the_run_and_reused(sample, protocol, monkeypatch
     def recompute(*args, **kwargs):
         raise AssertionError("a recorded probe was computed again")
 
-    monkeypatch.setattr("utils.probes.representation_metrics", recompute)
+    monkeypatch.setattr("utils.evaluation.probes.representation_metrics", recompute)
     assert le.probe_with_labels(backbone, sample, 0.25, seed=0, device="cpu") == entry
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augment import AugmentConfig, BatchAugment
-from utils.faces import FaceConfig, PreparedFaces, centre_heatmap
-from utils.loader import BatchLoader, FaceTensors, channel_count, face_tensors
+from utils.core.augment import AugmentConfig, BatchAugment
+from utils.core.loader import BatchLoader, FaceTensors, channel_count, face_tensors
+from utils.data.faces import FaceConfig, PreparedFaces, centre_heatmap
 
 SIZE = 12
 

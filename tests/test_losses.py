@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.losses import info_nce, multi_positive_info_nce
+from utils.methods.losses import info_nce, multi_positive_info_nce
 
 T = 0.2
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.engine import TrainConfig, fit
-from utils.loader import face_tensors
-from utils.losses import info_nce, multi_positive_info_nce
+from utils.core.engine import TrainConfig, fit
+from utils.core.loader import face_tensors
 from utils.methods import InputSpec
 from utils.methods.hncl import HNCL, HNCLConfig
+from utils.methods.losses import info_nce, multi_positive_info_nce
 from utils.methods.moco import MoCo, MoCoConfig
-from utils.neighbours import NeighbourConfig, build_index
+from utils.methods.neighbours import NeighbourConfig, build_index
 
 SMALL = {"backbone": "resnet18", "stem_stride": 2, "queue_size": 64, "hidden": 64, "dim": 16}
 TINY = {"stem_stride": 4, "hidden": 8, "dim": 4}  # for checks where the encoder does not matter

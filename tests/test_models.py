@@ -10,7 +10,13 @@ import torch
 import torchvision
 from torch import nn
 
-from utils.models import BACKBONES, PretrainedWeightsUnavailable, adapt_first_conv, count_parameters, create_model
+from utils.methods.models import (
+    BACKBONES,
+    PretrainedWeightsUnavailable,
+    adapt_first_conv,
+    count_parameters,
+    create_model,
+)
 
 LARGE = ("resnet50", "wide_resnet50_2")  # slow to build: tested with one input channel only
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.faces import landmark_heatmaps
-from utils.neighbours import (
+from utils.data.faces import landmark_heatmaps
+from utils.methods.neighbours import (
     NeighbourConfig,
     approximate_neighbours,
     build_index,
@@ -240,7 +240,7 @@ def test_approximate_search_breaks_ties_at_random():
 
 def test_rows_with_too_few_candidates_fall_back_to_the_exact_search(monkeypatch):
     """Many cells and one probed: some cells hold fewer than k + 1 rows, and faiss returns -1 ids."""
-    import utils.neighbours as neighbours
+    import utils.methods.neighbours as neighbours
 
     asked = []
 

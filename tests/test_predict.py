@@ -1,4 +1,4 @@
-"""``utils.predict`` on photos it has never seen: a group photo drawn with ``utils.sample`` (several faces,
+"""``utils.predict`` on photos it has never seen: a group photo drawn with ``utils.data.sample`` (several faces,
 grey and colour, small and large, rotated by its EXIF tag), a photo without a face, an unreadable file in a
 folder, and a short video."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from utils.data.sample import draw_face
 from utils.predict import Predictor, annotate, main, predict_image, predict_video, read_image
-from utils.sample import draw_face
 
 PLACES = [(20, 30), (150, 40), (280, 25)]  # top-left corners of the three 96-px faces
 

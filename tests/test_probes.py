@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from utils import runs
-from utils.loader import face_tensors
+from utils.core import runs
+from utils.core.loader import face_tensors
+from utils.core.runtime import seed_everything
+from utils.evaluation.probes import PROBE_CS, extract_features, knn_scores, linear_probe
 from utils.methods import EncoderConfig, InputSpec
 from utils.methods.floors import RandomInit, RandomInitConfig, RawPixels, RawPixelsConfig, floors
-from utils.probes import PROBE_CS, extract_features, knn_scores, linear_probe
-from utils.runtime import seed_everything
 
 
 def clusters(n_per_class=40, classes=3, dim=10, spread=0.3, seed=0):

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import randn
+from helpers import RAN_SHARED_MAP, randn
 
-from utils import robustness, runs
+from utils.core import runs
+from utils.core.engine import TrainConfig
 from utils.data import ferplus_distribution
-from utils.engine import TrainConfig
-from utils.losses import MULTI_TARGET_EPSILON, label_loss, ran_attention, region_biased_loss
+from utils.evaluation import robustness
+from utils.evaluation.robustness import OCCLUSIONS, occlude, occlusion_masks, yaw_proxy
 from utils.methods import InputSpec
+from utils.methods.losses import MULTI_TARGET_EPSILON, label_loss, ran_attention, region_biased_loss
 from utils.methods.ran import FIXED_CROPS, RAN, THREE_CROPS, RANConfig, landmark_boxes, region_crops
 from utils.methods.supervised import SupervisedConfig
-from utils.robustness import OCCLUSIONS, occlude, occlusion_masks, yaw_proxy
 
 # ---------------------------------------------------------------------------------------------- attention
 
@@ -275,7 +276,7 @@ def test_ran_weighs_the_face_and_its_crops():
             assert logits.shape == (3, 7) and att.mu.shape == att.nu.shape == att.shares.shape == (3, 1 + len(names))
             assert method.crop_names == ["face", *names]
     with pytest.raises(ValueError, match="needs a ResNet"):
-        RANConfig(backbone="vgg19_bn")
+        RANConfig(backbone="vgg19_bn", regions_from="layer3")
     with pytest.raises(ValueError, match="regions_from"):
         RANConfig(regions_from="layer4")
 
@@ -286,7 +287,7 @@ def test_regions_cut_from_a_stage_map_are_the_crops_they_stand_for():
     face whose grey level is a linear ramp, the cut regions hold the ramp's values at the places crop k covers:
     exactly what cutting crop k from the image at the same size gives (bilinear sampling reproduces a linear
     function, and so does average pooling)."""
-    method = RAN(RANConfig(stem_stride=2), InputSpec(1, 1, tuple("abcdefg"), 48, 10))
+    method = RAN(RANConfig(stem_stride=2, **RAN_SHARED_MAP), InputSpec(1, 1, tuple("abcdefg"), 48, 10))
     net = method.net
     ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
     face = (0.3 * xs + 0.7 * ys + 1.0)[None, None].repeat(2, 1, 1, 1)  # (2, 1, 48, 48)
@@ -308,7 +309,7 @@ def test_ran_attention_keeps_the_face_and_stays_unsaturated_while_training(sampl
     weights 0.2 / 0.3 / 0.25 / 0.25 meet it), so a face share below that would be the collapse seen with the
     paper's normalisation. The attention logits stay where a sigmoid passes > 7 % of its gradient (|logit| < 4
     on average): before this version they averaged 16-33 on this test, and the attention could not move."""
-    config = RANConfig(stem_stride=4, tta=None, rb_warmup=0.0)
+    config = RANConfig(stem_stride=4, tta=None, rb_warmup=0.0, **RAN_SHARED_MAP)
     train = TrainConfig(epochs=4, batch_size=32, lr=0.1, warmup_epochs=0, seed=0)
     run = runs.run(config, sample, train, checkpoint_dir=tmp_path, device="cpu", progress=False, steps_per_epoch=25)
     regions = len(run.method.crop_names)
@@ -332,7 +333,7 @@ def test_the_region_biased_loss_is_ramped_in():
 @pytest.mark.slow
 def test_ran_trains_on_the_sample_and_reads_out_its_attention(sample, tmp_path):
     """18 steps lower the loss, but only teach the class prior. Learning more takes notebook 06's real data."""
-    config = RANConfig(stem_stride=4, tta=None)
+    config = RANConfig(stem_stride=4, tta=None, **RAN_SHARED_MAP)
     train = TrainConfig(epochs=3, batch_size=32, lr=0.05, warmup_epochs=0, seed=0)
     run = runs.run(config, sample, train, checkpoint_dir=tmp_path, device="cpu", progress=False, steps_per_epoch=6)
     losses = [h["train_loss"] for h in run.history]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import RUN_STEPS, RUN_TRAIN, run_configs
 
-from utils import methods, runs
+from utils import methods
+from utils.core import runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +20,7 @@ FRESH_PROCESS = r"""
 import json, sys
 from utils import runs
 from utils.data import load_dataset_or_sample
-from utils.faces import FaceConfig, prepare
+from utils.data.faces import FaceConfig, prepare
 
 cache, *folders = sys.argv[1:]
 ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)

@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import plots, results, runs
+from utils.core import runs
 from utils.data.base import FaceDataset
 from utils.data.export import export_image_folders, imagefolder_to_canonical
-from utils.faces import FaceConfig, PreparedFaces, merge
-from utils.labels import EMOTIONS
+from utils.data.faces import FaceConfig, PreparedFaces, merge
+from utils.data.labels import EMOTIONS
+from utils.evaluation import plots
+from utils.evaluation import tables as results
 
 # ----------------------------------------------------------------------------------------------- runs
 
@@ -404,7 +406,7 @@ def test_runs_pooled_by_protocol_and_the_cross_dataset_matrix(tmp_path):
 def test_not_above_chance_flags_a_constant_guess_and_skips_smoke_tests(tmp_path):
     """Quick mode's check (notebook 09): a model that always says the largest class, or guesses at random,
     is flagged; one that learned is not; a smoke test (capped steps) is not judged."""
-    from utils.evaluation import classification_metrics
+    from utils.evaluation.metrics import classification_metrics
 
     rng = np.random.default_rng(0)
     classes = [f"c{i}" for i in range(7)]
@@ -448,7 +450,7 @@ def test_the_results_show_the_sample_when_the_notebooks_fell_back_to_it(capsys):
 
 def test_a_capped_run_is_another_run_and_says_so(tmp_path, sample):
     """steps_per_epoch (a smoke test) is part of a run's identity and record, and tables mark it."""
-    from utils.engine import TrainConfig
+    from utils.core.engine import TrainConfig
     from utils.methods.supervised import SupervisedConfig
 
     config = SupervisedConfig(stem_stride=4, tta=None)

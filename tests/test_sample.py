@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.labels import EMOTIONS, HAPPY, NUM_BASIC, SAD
-from utils.sample import CSV_NAME, DEFAULT_COUNTS, LANDMARKS_NAME, USAGES, draw_face, make_sample
+from utils.data.labels import EMOTIONS, HAPPY, NUM_BASIC, SAD
+from utils.data.sample import CSV_NAME, DEFAULT_COUNTS, LANDMARKS_NAME, USAGES, draw_face, make_sample
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 SIZE_LIMIT = 2_000_000  # bytes: the bundled sample must stay under 2 MB

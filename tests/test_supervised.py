@@ -4,6 +4,7 @@ before they existed."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from helpers import spec
 
-from utils.augment import AugmentConfig
-from utils.cache import settings_key
-from utils.engine import TrainConfig, config_dict
+from utils.core import runs
+from utils.core.augment import AugmentConfig
+from utils.core.engine import TrainConfig, config_dict
 from utils.methods.ran import RANConfig
 from utils.methods.supervised import Supervised, SupervisedConfig
 
@@ -79,24 +80,25 @@ def test_bad_mixing_settings_are_refused():
         SupervisedConfig(mix="mixup", mix_prob=1.5)
 
 
-def test_runs_recorded_before_mixing_weight_averages_and_widths_existed_keep_their_folders():
-    # digests computed with the code of commit e05ba31, before `mix*` and `ema` were added
-    old = {
-        "d9084b0fa799d60ff31dccf9e28e8fed23d942b1": (
-            SupervisedConfig(backbone="resnet18", stem_stride=2),
-            TrainConfig(epochs=3),
-        ),
-        "2fff022d9e4a3025c3248940810f4fa79021796f": (RANConfig(), TrainConfig()),
-    }
-    for digest, (model, train) in old.items():
-        assert settings_key(config_dict(model=model, train=train)) == digest
-        mixed = dataclasses.replace(model, mix="cutmix")
-        assert settings_key(config_dict(model=mixed, train=train)) != digest
-        assert settings_key(config_dict(model=model, train=dataclasses.replace(train, ema=0.99))) != digest
-        resized = dataclasses.replace(model, resize_from=32) if not isinstance(model, RANConfig) else None
-        assert resized is None or settings_key(config_dict(model=resized, train=train)) != digest
-        narrow = dataclasses.replace(model, width=32)  # a field of every method's config (EncoderConfig)
-        assert settings_key(config_dict(model=narrow, train=train)) != digest
+def test_a_run_recorded_before_a_field_existed_is_found_under_its_old_name(tmp_path):
+    """The one rule of run identity: a stored config's missing fields take today's defaults. A run recorded
+    before ``width`` and ``ema`` existed (its folder named by the settings it had then) is the run at their
+    defaults, and no other; a stored field that no longer exists matches nothing."""
+    model, train = SupervisedConfig(stem_stride=2), TrainConfig(epochs=3)
+    setup = {"method": "supervised", **config_dict(model=model, train=train), "data": {"name": "x", "faces": {}}}
+    old = json.loads(json.dumps(setup))
+    del old["model"]["width"], old["train"]["ema"]
+    folder = tmp_path / "supervised-x-0ld0ld00"
+    runs.write_record(folder, {"config": old})
+    assert runs.find_finished(setup, tmp_path) == folder
+    for changed in (dataclasses.replace(model, width=32), dataclasses.replace(model, mix="cutmix")):
+        other = {**setup, **config_dict(model=changed)}
+        assert runs.find_finished(other, tmp_path) is None
+    assert runs.find_finished({**setup, **config_dict(train=dataclasses.replace(train, ema=0.99))}, tmp_path) is None
+    gone = json.loads(json.dumps(old))
+    gone["model"]["crop_size"] = 36  # a field this version does not have
+    runs.write_record(folder, {"config": gone})
+    assert runs.find_finished(setup, tmp_path) is None
 
 
 def test_progressive_resizing_grows_the_training_images_in_steps_of_8_pixels():

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from utils import methods, runs
-from utils.engine import TrainConfig
+from utils import methods
+from utils.core import runs
+from utils.core.engine import TrainConfig
 from utils.train import main
 
 

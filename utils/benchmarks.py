@@ -10,7 +10,7 @@
                 Sizes beyond the training split add faces made by jittering its landmarks (see
                 :func:`bench_neighbours`), never repeated heatmaps.
 ``pretrain``    MoCo v2 or BYOL (``--method``) pretraining images per second: the suite (as
-                :func:`~utils.engine.fit` runs it) against the same method built from the ``lightly`` package
+                :func:`~utils.core.engine.fit` runs it) against the same method built from the ``lightly`` package
                 (``pip install lightly``) as its documentation builds it, same backbone, batch, input and
                 mixed precision.
 ``methods``     pretraining images per second of several of the suite's methods (``--methods byol fra``),
@@ -36,8 +36,9 @@ import torch
 
 
 def _prepared(data: str, dataset: str = "fer2013"):
+    from utils.data.faces import prepare, remembered_config
+
     from .data import load_dataset
-    from .faces import prepare, remembered_config
 
     ds = load_dataset(dataset, data)
     return prepare(ds, remembered_config(ds.name), progress=False)
@@ -46,8 +47,9 @@ def _prepared(data: str, dataset: str = "fer2013"):
 def bench_prepare(args) -> dict:
     import tempfile
 
+    from utils.data.faces import FaceConfig, prepare
+
     from .data import load_dataset
-    from .faces import FaceConfig, prepare
 
     times = []
     for _ in range(args.repeats):
@@ -73,8 +75,8 @@ def bench_prepare(args) -> dict:
 def bench_loader(args) -> dict:
     from torchvision import datasets, transforms
 
-    from .augment import AugmentConfig, BatchAugment
-    from .loader import BatchLoader, face_tensors
+    from utils.core.augment import AugmentConfig, BatchAugment
+    from utils.core.loader import BatchLoader, face_tensors
 
     torch.set_num_threads(args.threads)
     prepared = _prepared(args.data)
@@ -155,9 +157,9 @@ def bench_neighbours(args) -> dict:
     new faces (repeated heatmaps would be exact duplicates, whose neighbours recall cannot judge): the
     landmarks of training faces (each in turn), moved by a random similarity transform about their centre
     (rotation within +-5 degrees, scale within +-5 %, shift within +-1 px) plus 0.3 px of noise per point,
-    seeded, and redrawn as heatmaps (:func:`~utils.faces.landmark_heatmaps`, the preparation's sigma).
+    seeded, and redrawn as heatmaps (:func:`~utils.data.faces.landmark_heatmaps`, the preparation's sigma).
     """
-    from .neighbours import (
+    from utils.methods.neighbours import (
         NeighbourConfig,
         approximate_neighbours,
         heatmap_descriptors,
@@ -230,7 +232,7 @@ def _neighbour_heatmaps(prepared, train: np.ndarray, size: int, rng) -> tuple[np
         ``(heatmaps, real, has_face)``: ``(size, S, S)`` uint8; positions within ``train`` of the real
         faces (the first ``len(real)`` heatmaps); whether each heatmap has landmarks.
     """
-    from .faces import landmark_heatmaps
+    from utils.data.faces import landmark_heatmaps
 
     landmarks = prepared.landmarks[train]
     found = np.isfinite(landmarks).all(axis=(1, 2))
@@ -254,10 +256,10 @@ def _neighbour_heatmaps(prepared, train: np.ndarray, size: int, rng) -> tuple[np
 
 
 def _suite_stepper(method, train, batch_size: int, lr: float, weight_decay: float, device, dtype):
-    """A function ``steps -> images/s`` that trains ``method`` as :func:`~utils.engine.fit` does (channels-last
+    """A function ``steps -> images/s`` that trains ``method`` as :func:`~utils.core.engine.fit` does (channels-last
     weights, the method's parameter groups, autocast, the after-step hook)."""
-    from .engine import TrainConfig, make_optimizer, to_channels_last
-    from .loader import BatchLoader
+    from utils.core.engine import TrainConfig, make_optimizer, to_channels_last
+    from utils.core.loader import BatchLoader
 
     config = TrainConfig(lr=lr, weight_decay=weight_decay)
     to_channels_last(method, device)
@@ -298,9 +300,10 @@ def _interleaved(runners: dict, batches: int, repeats: int) -> dict:
 def bench_methods(args) -> dict:
     """Pretraining images/s of the suite's methods on the same data, batch and precision; the first is the
     reference of the ratios. ``--methods byol fra fra:region_stage=layer3,last_stride=2``."""
+    from utils.core.engine import TrainConfig, amp_dtype
+    from utils.core.loader import face_tensors
+
     from . import methods
-    from .engine import TrainConfig, amp_dtype
-    from .loader import face_tensors
     from .methods import InputSpec
 
     torch.set_num_threads(args.threads)
@@ -337,9 +340,10 @@ def bench_compile(args) -> dict:
     """Training images/s of a classifier (``--model``) eager and under ``torch.compile`` (its network compiled;
     augmentation and loss stay eager), in float32 and, where the CPU has it, bfloat16 autocast, and the compile
     time: how much longer the compiled model's first 3 steps take than the eager model's."""
+    from utils.core.engine import amp_dtype
+    from utils.core.loader import face_tensors
+
     from . import methods
-    from .engine import amp_dtype
-    from .loader import face_tensors
     from .methods import InputSpec
 
     torch.set_num_threads(args.threads)
@@ -398,12 +402,13 @@ def bench_pretrain(args) -> dict:
     from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, MoCoV2Transform
     from torchvision import datasets
 
-    from .engine import amp_dtype, to_channels_last
-    from .loader import face_tensors
+    from utils.core.engine import amp_dtype, to_channels_last
+    from utils.core.loader import face_tensors
+    from utils.methods.models import create_model
+
     from .methods import InputSpec
     from .methods.byol import BYOL, BYOLConfig
     from .methods.moco import MoCo, MoCoConfig
-    from .models import create_model
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation import TTA_MODES, classification_metrics, predict
+from utils.evaluation.metrics import TTA_MODES, classification_metrics, predict
 
 
 def evaluate_run(
@@ -32,11 +32,12 @@ def evaluate_run(
         "metrics"}``; also written into the run's record under ``cross_dataset["<dataset>/<split>"]`` (with
         ``+<tta>``) when ``write``.
     """
+    from utils.core.loader import face_tensors
+    from utils.core.runs import _device, finished, load_run, write_record
+    from utils.data.faces import FaceConfig, prepare
+
     from .data import load_dataset
-    from .faces import FaceConfig, prepare
-    from .loader import face_tensors
     from .methods import config_from_dict
-    from .runs import _device, finished, load_run, write_record
 
     run = load_run(folder, device=device)
     if run.method.kind != "classifier":
@@ -62,7 +63,7 @@ def evaluate_run(
     keep = np.isin(labels, shared)
     left_out = {c: int((labels == c).sum()) for c in theirs if c not in shared and (labels == c).any()}
     data = data.subset(np.flatnonzero(keep))
-    from .engine import amp_dtype
+    from utils.core.engine import amp_dtype
 
     amp = amp_dtype(device, run.record.get("config", {}).get("train", {}).get("amp", True))
     probs = predict(run.method.classifier(), data, tta=tta, amp_dtype=amp)  # (n, len(ours))

@@ -64,7 +64,7 @@ def export(folder, fmt: str = "onnx", out=None, check: bool = True) -> dict:
     Returns:
         ``{"model": path, "contract": path, "max_abs_difference": float | None}``.
     """
-    from .runs import load_run
+    from utils.core.runs import load_run
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -117,7 +117,7 @@ def latency(folder, path=None, batch_sizes=(1, 64), repeats: int = 7, threads: i
     import numpy as np
     import onnxruntime
 
-    from .runs import load_run
+    from utils.core.runs import load_run
 
     run = load_run(folder, device="cpu")
     model = Probabilities(run.method.classifier()).eval()

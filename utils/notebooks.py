@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from .runtime import REPO_ROOT
+from utils.core.runtime import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

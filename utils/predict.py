@@ -55,9 +55,10 @@ class Predictor:
     """A finished run ready to classify faces in photos (loads it once; see :func:`predict_image`)."""
 
     def __init__(self, run_dir, device="cpu"):
-        from .faces import FaceConfig, FacePreprocessor
+        from utils.core.runs import load_run
+        from utils.data.faces import FaceConfig, FacePreprocessor
+
         from .methods import config_from_dict
-        from .runs import load_run
 
         self.run = load_run(run_dir, device=device)
         if self.run.method.kind != "classifier":
@@ -81,7 +82,7 @@ class Predictor:
         if found:
             return found, "dlib", scale, work
         if self._haar is None:
-            from .faces import haar_cascade_path
+            from utils.data.faces import haar_cascade_path
 
             self._haar = cv2.CascadeClassifier(str(haar_cascade_path()))
         side = max(20, int(0.1 * min(work.shape)))
@@ -90,7 +91,7 @@ class Predictor:
 
     def align(self, image: np.ndarray, gray: np.ndarray, box, scale: float, work: np.ndarray):
         """The face in ``box`` aligned and cropped as the training faces were."""
-        from .faces import apply_transform, similarity_to_template, square_crop_transform, warp
+        from utils.data.faces import apply_transform, similarity_to_template, square_crop_transform, warp
 
         size = self.faces.size
         landmarks = self.pre.predict_landmarks(work, box, scale) if self.faces.landmarks else None
@@ -106,7 +107,7 @@ class Predictor:
     @torch.no_grad()
     def classify(self, faces: list[np.ndarray], landmarks: list[np.ndarray]) -> np.ndarray:
         """``(n, classes)`` probabilities for aligned faces, with the run's input channels."""
-        from .faces import centre_heatmap, landmark_heatmaps
+        from utils.data.faces import centre_heatmap, landmark_heatmaps
 
         images = np.stack(faces)
         x = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)

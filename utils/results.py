@@ -1,243 +1,317 @@
-"""Tables of finished runs, read from their ``metrics.json`` records (:func:`utils.runs.load_records`):
-what notebooks show beside their own runs and what the results notebook pools over seeds.
+"""One home for the numbers: the records of the real-data runs the README and the notebooks cite, in
+``results/``, and the results page generated from them.
+
+    python -m utils.results add checkpoints/<run> [...]   # copy runs' records (metrics.json, log.csv; no weights)
+    python -m utils.results page                          # write results/README.md from every record there
+    python -m utils.results page --check                  # exit 1 if results/README.md is out of date (CI)
+
+A record holds everything a figure needs to be traced: the settings, every evaluation, the epochs, images/s and
+minutes, the machine (CPU model, bfloat16 support), the versions, the commit and the command that made it
+(:func:`utils.core.runs.write_record`). The results notebook shows these recorded runs, labelled as recorded
+elsewhere, beside the user's own.
 """
 
 from __future__ import annotations
 
-from .cache import settings_key
-from .runtime import banner
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
 
-SAMPLE = "sample"  # the bundled synthetic sample's dataset name in run records (utils.data.load_dataset_or_sample)
+from utils.core.runtime import REPO_ROOT
 
-
-def records_to_show(records: list[dict], dataset: str, quick: bool = False) -> tuple[list[dict], str]:
-    """The finished runs on ``dataset``, and that name; in quick mode, or when none is on ``dataset`` but some
-    are on the bundled sample (the notebooks fell back to it because the dataset is missing), the runs on the
-    sample instead, announced loudly: they say nothing about real faces."""
-    on_sample = [r for r in records if r.get("dataset", {}).get("name") == SAMPLE]
-    chosen = [r for r in records if r.get("dataset", {}).get("name") == dataset]
-    if dataset == SAMPLE or not (quick or (not chosen and on_sample)):
-        return chosen, dataset
-    reason = (
-        "QUICK MODE (FER_QUICK=1)"
-        if quick
-        else f"NO FINISHED RUNS ON {dataset} YET (notebooks fall back to the sample when the dataset is missing)"
-    )
-    banner(
-        f"{reason}: showing the runs on the bundled SYNTHETIC sample, trained with tiny settings.\n"
-        "They show that the notebooks run; they say nothing about how the methods do on real faces."
-    )
-    return on_sample, SAMPLE
+RESULTS_DIR = REPO_ROOT / "results"
+PAGE = "README.md"
+KEPT_FILES = ("metrics.json", "log.csv")  # a run's record and its per-epoch log; never weights
 
 
-def is_smoke_test(record: dict) -> bool:
-    """Whether a run was capped at a few steps per epoch (``runs.run(steps_per_epoch=...)``): it shows that a
-    model runs, and its scores are not results."""
-    return bool(record.get("steps_per_epoch_cap"))
+def add(folders, results_dir=None) -> list[Path]:
+    """Copy each finished run's record (and log) into ``results_dir/<run>/``; a folder that holds no finished
+    run is an error, named, and nothing is copied."""
+    from utils.core.runs import finished
+
+    results_dir = Path(results_dir or RESULTS_DIR)
+    folders = [Path(f) for f in folders]
+    missing = [str(f) for f in folders if finished(f) is None]
+    if missing:
+        raise FileNotFoundError(f"no finished run (metrics.json with status 'finished') in: {', '.join(missing)}")
+    out = []
+    for folder in folders:
+        target = results_dir / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, target / name)
+        out.append(target)
+    return out
 
 
-def describe(record: dict) -> dict:
-    """What tells two runs of one method apart in a table: ``variant`` (what the method says distinguishes
-    its runs, e.g. HNCL's neighbour space and k), ``seed``, ``epochs`` (epochs trained) and ``setting``, a
-    digest of the whole configuration except its seeds (runs with the same setting differ only in their seed)."""
-    config = record.get("config", {})
-    variant = record.get("variant") or ""
-    labelled = record.get("dataset", {}).get("labelled")
-    if labelled:  # trained with a share of the labels (utils.label_efficiency)
-        variant = f"{variant} ({100 * labelled['fraction']:g} % of the labels)".strip()
-    if is_smoke_test(record):
-        cap = record["steps_per_epoch_cap"]
-        variant = f"{variant} (smoke test: {cap} step{'s' if cap != 1 else ''} per epoch)".strip()
-    return {
-        "variant": variant,
-        "seed": record.get("seed", config.get("seed")),
-        "epochs": record.get("epochs_run"),
-        "setting": settings_key({"method": record.get("method"), "config": _without_seeds(config)})[:8],
-    }
+def load_recorded(results_dir=None) -> list[dict]:
+    """Every record in ``results/``, each marked ``recorded: True`` (made elsewhere, by the command it names)."""
+    from utils.core.runs import load_records
+
+    return [{**r, "recorded": True} for r in load_records(results_dir or RESULTS_DIR)]
 
 
-def _without_seeds(settings):
-    if isinstance(settings, dict):
-        return {k: _without_seeds(v) for k, v in settings.items() if k != "seed"}
-    return settings
+# ---------------------------------------------------------------------------------------------- the page
 
 
-def summary_table(records: list[dict], split: str = "val"):
-    """One row per run and evaluation protocol: accuracy, balanced accuracy, macro-F1 on ``split``."""
-    import pandas as pd
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f} %"
 
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _eval(record: dict, protocol: str, split: str = "val", key: str = "accuracy"):
+    return record.get("evaluations", {}).get(protocol, {}).get(split, {}).get(key)
+
+
+def _model(record: dict) -> dict:
+    return record.get("config", {}).get("model", {})
+
+
+def _network(record: dict) -> str:
+    m = _model(record)
+    width = m.get("width", 64)
+    name = m.get("backbone", "?") + (" (ImageNet)" if m.get("pretrained") else "")
+    return name + (f", width {width}" if width != 64 else "")
+
+
+def _minutes(record: dict) -> str:
+    own = record.get("train_seconds", 0.0) / 60
+    start = (record.get("init_run") or {}).get("train_seconds", 0.0) / 60
+    return f"{own:.1f}" + (f" + {start:.1f} start" if start else "")
+
+
+def _epochs(record: dict) -> str:
+    return f"{record.get('schedule', {}).get('epochs', record.get('epochs_run'))}"
+
+
+def _link(record: dict) -> str:
+    return f"[{record['run_dir']}]({record['run_dir']}/metrics.json)"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _seeds_summary(records: list[dict], value) -> str:
+    """``mean (seed a, seed b)`` of ``value(record)`` over runs that differ only in their seed."""
+    values = [value(r) for r in records]
+    if len(records) == 1:
+        return _pct(values[0])
+    return f"{_pct(_mean(values))} ({', '.join(_pct(v) for v in values)})"
+
+
+def _by_setting(records: list[dict]) -> list[list[dict]]:
+    from utils.evaluation.tables import describe
+
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(records, key=lambda r: (r.get("seed") or 0, r["run_dir"])):
+        groups.setdefault(describe(r)["setting"], []).append(r)
+    return list(groups.values())
+
+
+def supervised_section(records: list[dict]) -> list[str]:
     rows = []
-    for r in records:
-        for protocol, by_split in r.get("evaluations", {}).items():
-            m = by_split.get(split)
-            if m is None:
-                continue
-            rows.append(
-                {
-                    "method": r.get("method"),
-                    **describe(r),
-                    "protocol": protocol,
-                    "dataset": r.get("dataset", {}).get("name"),
-                    "backbone": r.get("config", {}).get("model", {}).get("backbone"),
-                    "channels": r.get("config", {}).get("model", {}).get("channels"),
-                    "accuracy": m["accuracy"],
-                    "balanced_accuracy": m["balanced_accuracy"],
-                    "macro_f1": m["macro_f1"],
-                    "n": m["n"],
-                    "smoke_test": is_smoke_test(r),
-                    "train_minutes": round(r.get("train_seconds", 0) / 60, 1),
-                    "run": r.get("run_dir", r.get("run")),  # last: the longest, and the least read
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def probe_table(records: list[dict], split: str = "val", protocols=("linear", "knn")):
-    """Representation evaluations side by side: one row per run, accuracy and macro-F1 per protocol."""
-    import pandas as pd
-
-    rows = []
-    for r in records:
-        evaluations = r.get("evaluations", {})
-        row = {"method": r.get("method"), **describe(r)}
-        for protocol in protocols:
-            m = evaluations.get(protocol, {}).get(split)
-            if m is not None:
-                row[f"{protocol}_accuracy"] = m["accuracy"]
-                row[f"{protocol}_macro_f1"] = m["macro_f1"]
-        row["pretrain_minutes"] = round(r.get("train_seconds", 0) / 60, 1)
-        row["run"] = r.get("run_dir", r.get("run"))
-        rows.append(row)
-    columns = ["method", "variant", "seed", "epochs", "setting"]
-    columns += [f"{p}_{m}" for p in protocols for m in ("accuracy", "macro_f1")] + ["pretrain_minutes", "run"]
-    return pd.DataFrame(rows, columns=columns)  # the same columns whichever protocols the runs have
-
-
-def over_seeds(table, by=("method", "variant", "epochs", "setting")):
-    """Runs that differ only in their seed (same ``setting``), pooled: per group of ``by``, the mean of every
-    numeric column, its standard deviation across seeds (``<column>_std``, NaN for a single seed) and
-    ``seeds``, the count."""
-    import pandas as pd
-
-    by = [c for c in by if c in table.columns]
-    numeric = [c for c in table.select_dtypes("number").columns if c not in (*by, "seed")]
-    grouped = table.groupby(by, dropna=False, sort=False)[numeric]
-    out = grouped.mean().join(grouped.std().add_suffix("_std"))
-    out["seeds"] = table.groupby(by, dropna=False, sort=False).size()
-    ordered = [c for pair in zip(numeric, [f"{c}_std" for c in numeric]) for c in pair]
-    return pd.DataFrame(out[[*ordered, "seeds"]]).reset_index()
-
-
-def representation_records(records: list[dict], dataset: str, backbone: str, channels: str) -> list[dict]:
-    """Runs evaluated on frozen features (pretraining runs and the floors, not fine-tuning runs) on ``dataset``
-    with ``backbone`` and input ``channels``: the rows a method's probe table is compared with."""
-
-    def comparable(record):
-        model = record.get("config", {}).get("model", {})
-        return (
-            record.get("protocol") in ("pretrain", "floor")
-            and record.get("dataset", {}).get("name") == dataset
-            and model.get("backbone", backbone) == backbone  # raw pixels have no backbone
-            and model.get("channels") == channels
+    for group in _by_setting(records):
+        r = group[0]
+        tta = _model(r).get("tta")
+        rows.append(
+            [
+                _network(r),
+                f"{r['config']['train'].get('optimizer')} {r['config']['train'].get('lr')}",
+                _seeds_summary(group, lambda x: _eval(x, "supervised")),
+                _seeds_summary(group, lambda x, t=tta: _eval(x, f"supervised+{t}")) + (f" ({tta})" if tta else ""),
+                f"{_mean(_eval(x, 'supervised', key='macro_f1') for x in group):.3f}",
+                ", ".join(_epochs(x) for x in group),
+                ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group),
+                ", ".join(_minutes(x) for x in group),
+                ", ".join(str(x.get("seed")) for x in group),
+                "<br>".join(_link(x) for x in group),
+            ]
         )
-
-    return [r for r in records if comparable(r)]
-
-
-PROTOCOLS = {"supervised": "supervised", "finetune": "fine-tune", "linear": "linear", "knn": "kNN"}
-"""How each evaluation key reads in the tables (keys with ``+<tta>`` keep their test-time augmentation)."""
-
-REFERENCE = [  # what the seed reports publish, never mixed with measured rows
-    {"method": "hncl / moco_v2", "protocol": "linear", "dataset": "FER2013", "accuracy": "39-44 %", "source": "HNCL seed report"},
-    {"method": "supervised", "protocol": "supervised", "dataset": "FER2013 (val)", "accuracy": "61-67 %", "source": "supervised seed report"},
-    {"method": "fra", "protocol": "linear", "dataset": "AffectNet", "accuracy": "66.16 %", "source": "FRA seed report"},
-    {"method": "byol", "protocol": "linear", "dataset": "AffectNet", "accuracy": "65.65 %", "source": "FRA seed report"},
-    {"method": "ran", "protocol": "supervised", "dataset": "FERPlus", "accuracy": "86 %", "source": "RAN seed report"},
-]  # fmt: skip
+    header = ["network", "optimiser, lr", "accuracy", "with TTA", "macro-F1", "epochs", "images/s", "minutes"]
+    return _table(header + ["seeds", "runs"], rows)
 
 
-def not_above_chance(records: list[dict], split: str = "val", factor: float = 1.5, skip: tuple = ("knn",)):
-    """The evaluations that do not end clearly above chance: balanced accuracy below ``factor`` / C (a
-    constant or random guess scores 1 / C over C classes) or accuracy not above the largest class's share
-    (what always guessing it scores). Smoke tests (runs capped at a few steps) are left out: they only show
-    that a model runs. Quick mode asks this of every run on the bundled sample (notebook 09).
-
-    ``skip`` leaves protocols out: by default kNN, which stays near chance on the bundled sample whatever the
-    features (raw pixels: 0.24-0.26 accuracy, 0.18-0.22 balanced, for k from 5 to 50; its synthetic
-    expressions are small shape changes beside large differences of identity and lighting).
-
-    Returns:
-        a table with a row per failing evaluation (empty when every protocol learned something).
-    """
-    import pandas as pd
-
+def representation_section(records: list[dict]) -> list[str]:
     rows = []
-    for r in records:
-        if is_smoke_test(r):
-            continue
-        for protocol, by_split in r.get("evaluations", {}).items():
-            m = by_split.get(split)
-            if m is None or not m.get("per_class") or protocol.split("+")[0] in skip:
-                continue
-            support = [c["support"] for c in m["per_class"].values()]
-            classes = sum(1 for s in support if s > 0)
-            majority = max(support) / max(sum(support), 1)
-            floor = factor / max(classes, 1)
-            if m["balanced_accuracy"] < floor or m["accuracy"] <= majority:
-                rows.append(
-                    {
-                        "method": r.get("method"),
-                        "protocol": protocol,
-                        "accuracy": m["accuracy"],
-                        "largest_class_share": majority,
-                        "balanced_accuracy": m["balanced_accuracy"],
-                        "balanced_floor": floor,
-                        "run": r.get("run_dir", r.get("run")),
-                    }
-                )
-    return pd.DataFrame(
-        rows,
-        columns=["method", "protocol", "accuracy", "largest_class_share", "balanced_accuracy", "balanced_floor", "run"],
-    )
+    for group in _by_setting(records):
+        r = group[0]
+        rows.append(
+            [
+                r.get("method"),
+                _network(r),
+                _seeds_summary(group, lambda x: _eval(x, "linear")),
+                _seeds_summary(group, lambda x: _eval(x, "knn")),
+                ", ".join(_epochs(x) for x in group) if r.get("epochs_run") else "not trained",
+                ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group) if r.get("epochs_run") else "",
+                ", ".join(_minutes(x) for x in group),
+                ", ".join(str(x.get("seed")) for x in group),
+                "<br>".join(_link(x) for x in group),
+            ]
+        )
+    header = ["method", "network", "linear probe", "kNN (k = 20)", "epochs", "images/s", "minutes", "seeds", "runs"]
+    return _table(header, rows)
 
 
-def reference_table():
-    """The seed reports' published figures, labelled as such: context for the measured rows, not results."""
-    import pandas as pd
-
-    return pd.DataFrame(REFERENCE)
-
-
-def by_protocol(records: list[dict], split: str = "val"):
-    """Every run's every evaluation, pooled over seeds per method, variant, protocol and setting: mean,
-    standard deviation across seeds and the number of seeds, best first within each protocol."""
-    table = summary_table(records, split)
-    if table.empty:
-        return table
-    table = table.assign(protocol=table["protocol"].map(lambda p: PROTOCOLS.get(p, p)))
-    keep = ["method", "variant", "protocol", "epochs", "setting", "seed", "accuracy", "macro_f1", "train_minutes"]
-    pooled = over_seeds(table[keep], by=("method", "variant", "protocol", "epochs", "setting"))
-    return pooled.sort_values(["protocol", "accuracy"], ascending=[True, False]).reset_index(drop=True)
-
-
-def cross_dataset_matrix(records: list[dict], metric: str = "accuracy"):
-    """Train set x test set: each run's own test (else val) split and every ``cross_dataset`` evaluation of it
-    (``python -m utils.evaluate``), the mean over runs of one method and training set per cell."""
-    import pandas as pd
-
+def label_section(records: list[dict]) -> list[str]:
     rows = []
-    for r in records:
-        if not r.get("cross_dataset"):
+    for r in sorted(records, key=lambda r: (r.get("method"), r["dataset"]["labelled"]["fraction"], r.get("seed"))):
+        fraction = r["dataset"]["labelled"]["fraction"]
+        rows.append(
+            [
+                r.get("method"),
+                _network(r),
+                f"{100 * fraction:g} %",
+                _pct(_eval(r, "finetune")),
+                f"{_eval(r, 'finetune', key='macro_f1'):.3f}",
+                _epochs(r),
+                _minutes(r),
+                r.get("seed"),
+                _link(r),
+            ]
+        )
+    header = ["start point", "network", "labels", "fine-tuned accuracy", "macro-F1", "epochs", "minutes", "seed"]
+    return _table(header + ["run"], rows)
+
+
+def ferplus_section(records: list[dict]) -> list[str]:
+    rows, robust = [], []
+    for group in _by_setting(records):
+        r = group[0]
+        start = (r.get("init_run") or {}).get("method") or "random weights"
+        rows.append(
+            [
+                r.get("method"),
+                _network(r),
+                start,
+                _seeds_summary(group, lambda x: _eval(x, "supervised")),
+                f"{_mean(_eval(x, 'supervised', key='macro_f1') for x in group):.3f}",
+                ", ".join(_epochs(x) for x in group),
+                ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group),
+                ", ".join(_minutes(x) for x in group),
+                ", ".join(str(x.get("seed")) for x in group),
+                "<br>".join(_link(x) for x in group),
+            ]
+        )
+        for x in group:
+            for where, table in (x.get("robustness") or {}).items():
+                conditions = table.get("conditions", {})
+                cells = [_pct(conditions.get(c, {}).get("accuracy")) for c in OCCLUSION_COLUMNS]
+                robust.append([x.get("method"), start, x.get("seed"), where, *cells])
+    header = ["model", "network", "start", "accuracy", "macro-F1", "epochs", "images/s", "minutes", "seeds", "runs"]
+    lines = _table(header, rows)
+    if robust:
+        lines += ["Under synthetic occlusion (the same faces, each condition on every face with landmarks):", ""]
+        lines += _table(["model", "start", "seed", "split", *OCCLUSION_COLUMNS], robust)
+    return lines
+
+
+OCCLUSION_COLUMNS = ("clean", "eyes", "mouth", "random square", "left half", "right half")
+
+
+def runs_section(records: list[dict]) -> list[str]:
+    rows = []
+    for r in sorted(records, key=lambda r: r.get("written", "")):
+        p, m = r.get("provenance") or {}, r.get("machine") or {}
+        commit = (p.get("commit") or "no record")[:7] + (
+            " (with uncommitted changes)" if p.get("uncommitted_changes") else ""
+        )
+        machine = f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores" + (
+            f", {m['cpu_bf16']}" if m.get("cpu_bf16") else ""
+        )
+        rows.append(
+            [f"`{r['run_dir']}`", f"`{p.get('command') or 'no record'}`", commit, machine, r.get("written", "")[:10]]
+        )
+    return _table(["run", "command", "commit", "machine", "written"], rows)
+
+
+SECTIONS = (
+    ("Supervised on FER2013", lambda r: r.get("protocol") == "supervised" and r["dataset"]["name"] == "fer2013",
+     supervised_section,
+     "FER2013 Training, selected and reported on PublicTest (the split the epochs and probe settings were chosen on, "
+     "so the figures are slightly optimistic). Accuracy without and with test-time augmentation."),
+    ("Self-supervised pretraining on FER2013",
+     lambda r: r.get("protocol") in ("pretrain", "floor") and r["dataset"]["name"] == "fer2013", representation_section,
+     "Pretrained on FER2013 Training without labels; a logistic regression (linear probe) and a 20-nearest-neighbour "
+     "vote (kNN) on the frozen features, fitted on Training's labels, scored on PublicTest. Random weights and raw "
+     "pixels are the floors a method must beat to have learned anything."),
+    ("Fine-tuning with a share of the labels",
+     lambda r: r.get("protocol") == "finetune" and r["dataset"].get("labelled"), label_section,
+     "A pretrained backbone (or random weights) with a new linear head, every weight trained on a stratified share "
+     "of FER2013 Training's labels; PublicTest."),
+    ("RAN on FERPlus", lambda r: r["dataset"]["name"] == "ferplus" and r.get("protocol") == "supervised",
+     ferplus_section,
+     "FERPlus majority labels (8 classes) on the FER2013 images, Training to PublicTest. Minutes count the start "
+     "run's training when a run starts from one."),
+)  # fmt: skip
+
+
+def page(records: list[dict]) -> str:
+    """The results page (Markdown) for ``records``."""
+    lines = [
+        "# Results",
+        "",
+        "Every figure the README and the notebooks cite, generated from the run records in this folder by",
+        "`python -m utils.results page` (CI fails when this page is out of date). Each record (`<run>/metrics.json`)",
+        "holds the run's settings, evaluations, per-epoch log, machine, versions, commit and command. Runs were made",
+        "one at a time on the machine each names; with a time budget, a busier machine fits fewer epochs.",
+        "",
+    ]
+    used = set()
+    for title, wanted, section, about in SECTIONS:
+        chosen = [r for r in records if r["run_dir"] not in used and wanted(r)]
+        if not chosen:
             continue
-        trained_on = r.get("dataset", {}).get("name")
-        label = f"{r.get('method')} ({trained_on})"
-        for protocol, by_split in r.get("evaluations", {}).items():
-            if "+" in protocol or protocol in ("knn", "linear"):
-                continue
-            split = "test" if "test" in by_split else "val"
-            rows.append({"trained": label, "evaluated": f"{trained_on}/{split}", metric: by_split[split][metric]})
-        for key, entry in r["cross_dataset"].items():
-            rows.append({"trained": label, "evaluated": key, metric: entry["metrics"][metric]})
-    if not rows:
-        return pd.DataFrame()
-    return pd.DataFrame(rows).pivot_table(index="trained", columns="evaluated", values=metric, aggfunc="mean")
+        used |= {r["run_dir"] for r in chosen}
+        lines += [f"## {title}", "", about, "", *section(chosen)]
+    rest = [r for r in records if r["run_dir"] not in used]
+    if rest:
+        lines += ["## Other runs", "", *representation_section(rest)]
+    lines += ["## How each run was made", "", *runs_section(records)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.results", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    adding = sub.add_parser("add", help="copy finished runs' records into results/")
+    adding.add_argument("runs", nargs="+")
+    writing = sub.add_parser("page", help="write results/README.md from the records")
+    writing.add_argument("--check", action="store_true", help="exit 1 if the page is out of date; write nothing")
+    parser.add_argument("--results-dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    results_dir = Path(args.results_dir or RESULTS_DIR)
+    if args.command == "add":
+        try:
+            for target in add(args.runs, results_dir):
+                print(f"recorded {target.name}")
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        args.check = False
+    text = page(load_recorded(results_dir))
+    path = results_dir / PAGE
+    if args.check:
+        if not path.is_file() or path.read_text() != text:
+            print(f"{path} is out of date: run python -m utils.results page", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date ({text.count(chr(10))} lines)")
+        return 0
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path} from {len(json.loads(json.dumps(load_recorded(results_dir))))} records")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 4 -m utils.train supervised --dataset fer2013 data/fer2013 --train epochs=30
 
 ``--set`` gives the method's config fields (``python -m utils.train METHOD --show`` lists them with their
-defaults), ``--train`` the :class:`~utils.engine.TrainConfig` fields (the method's own defaults otherwise).
+defaults), ``--train`` the :class:`~utils.core.engine.TrainConfig` fields (the method's own defaults otherwise).
 The run is the one the notebooks would make with the same settings: it is found again, resumes when
 interrupted, and lands in ``checkpoints/`` with its ``metrics.json``.
 """
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("method", help=f"one of {', '.join(sorted(methods.names()))}")
     parser.add_argument("--dataset", nargs=2, metavar=("NAME", "PATH"), default=["fer2013", "data/fer2013"])
     parser.add_argument("--mode", default=None, help="FERPlus label mode (majority, probability, ...)")
+    parser.add_argument("--recipe", default="auto", help="cpu, gpu, quick, a recipe file, or auto (see recipes/)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="the method's settings")
     parser.add_argument("--train", nargs="*", default=[], metavar="FIELD=VALUE", help="TrainConfig settings")
     parser.add_argument("--name", default=None, help="run folder prefix (default: <method>-<dataset>)")
@@ -32,21 +33,26 @@ def main(argv=None) -> int:
     parser.add_argument("--show", action="store_true", help="print the method's settings and their defaults")
     args = parser.parse_args(argv)
 
-    from .engine import TrainConfig
-    from .runtime import quick_mode
+    from utils.core.recipes import describe, load_recipe, method_settings
+    from utils.core.runtime import pick_device, quick_mode
 
     try:
         if args.init:
-            from .runs import init_path
+            from utils.core.runs import init_path
 
             init_path(args.init)  # before any data is read: a wrong path fails at once
-        cls = methods.get(args.method)
-        config = methods.config_from_dict(cls.Config, methods.parse_settings(args.set))
-        train = TrainConfig(**{**cls.train_defaults, **methods.parse_settings(args.train)})
+        methods.get(args.method)
+        recipe = load_recipe(args.method, args.recipe, pick_device(), quick_mode())
+        model, train_values = methods.parse_settings(args.set), methods.parse_settings(args.train)
+        unknown = set(model) - {f.name for f in dataclasses.fields(methods.get(args.method).Config)}
+        if unknown:
+            raise ValueError(f"{args.method} has no field(s) {sorted(unknown)}")
+        config, train, overrides = method_settings(args.method, recipe, model, train_values)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.show:
+        print(describe(recipe, overrides), file=sys.stderr)
         print(
             json.dumps(
                 {"config": dataclasses.asdict(config), "train": dataclasses.asdict(train)}, indent=1, default=str
@@ -57,16 +63,19 @@ def main(argv=None) -> int:
         print(f"error: {args.dataset[1]}: no such dataset folder or file (for {args.dataset[0]})", file=sys.stderr)
         return 2
 
-    from . import distributed as dist_utils
-    from . import runs
+    from utils.core import distributed as dist_utils
+    from utils.core import runs
+    from utils.data.faces import prepare, remembered_config
+
     from .data import ensure_val_split, load_dataset_or_sample
-    from .faces import prepare, remembered_config
 
     name, path = args.dataset
     options = {"mode": args.mode} if args.mode else {}
     dataset, _ = load_dataset_or_sample(name, path, **options)
     dataset = ensure_val_split(dataset, seed=train.seed)
     prepared = prepare(dataset, remembered_config("fer2013" if name == "ferplus" else dataset.name), progress=False)
+    if dist_utils.is_main():
+        print(describe(recipe, overrides))
     init = runs.init_path(args.init) if args.init else None
     run = runs.run(config, prepared, train, name=args.name, init=init)
     if dist_utils.is_main():

@@ -1,5 +1,5 @@
 """Dataset readers: every supported FER dataset, read in its own published layouts, labelled in the one
-canonical order of :mod:`utils.labels`.
+canonical order of :mod:`utils.data.labels`.
 
 >>> from utils.data import load_dataset
 >>> ds = load_dataset("fer2013", "data/fer2013")      # doctest: +SKIP
@@ -44,7 +44,7 @@ def load_dataset_or_sample(name: str, path, quick: bool | None = None, **options
         ``(dataset, on_sample)``. The sample is named ``"sample"``, so its caches and runs never pass
         for the real dataset's.
     """
-    from ..runtime import SAMPLE_DIR, banner, quick_mode
+    from utils.core.runtime import SAMPLE_DIR, banner, quick_mode
 
     quick = quick_mode() if quick is None else quick
     reason = None

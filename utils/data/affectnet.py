@@ -15,7 +15,7 @@ Two layouts are read:
   is usually AffectNet's official validation set, i.e. the set papers report as test.
 
 AffectNet numbers its expressions 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger,
-7 contempt (mapped with :data:`utils.labels.AFFECTNET_TO_CANONICAL`); 8 none, 9 uncertain and 10 non-face
+7 contempt (mapped with :data:`utils.data.labels.AFFECTNET_TO_CANONICAL`); 8 none, 9 uncertain and 10 non-face
 are not expressions and are dropped, counted in ``excluded`` by reason.
 
 Splits: AffectNet's test set was never released, so papers report results on its validation set.
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..labels import AFFECTNET_DROPPED, AFFECTNET_TO_CANONICAL, FOLDER_NAMES
+from utils.data.labels import AFFECTNET_DROPPED, AFFECTNET_TO_CANONICAL, FOLDER_NAMES
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 from .splits import _per_class_mask
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..labels import class_names
+from utils.data.labels import class_names
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 """Split names: a dataset with an official split uses train / val / test, one without it uses all."""
@@ -41,7 +41,7 @@ class FaceDataset:
         root: the path the dataset was read from.
         layout: which of the accepted layouts was found (shown by ``check``).
         table: one row per image, index ``0..N-1``. Columns: ``split`` (see :data:`SPLITS`), ``label``
-            (canonical class id, see :mod:`utils.labels`), ``source`` (row number or file name, for
+            (canonical class id, see :mod:`utils.data.labels`), ``source`` (row number or file name, for
             messages); optional ``path`` (image file) and ``subject`` (person id, for
             subject-independent splits).
         num_classes: 7, or 8 when the dataset has contempt.

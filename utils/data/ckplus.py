@@ -1,7 +1,7 @@
 """CK+ (Extended Cohn-Kanade) reader, for the widely shared ``CK+48`` export.
 
 Layout: one folder per expression, ``anger/``, ``contempt/``, ``disgust/``, ``fear/``, ``happy/``,
-``sadness/``, ``surprise/`` (any spelling of :data:`utils.labels.FOLDER_NAMES`), holding 48x48 faces
+``sadness/``, ``surprise/`` (any spelling of :data:`utils.data.labels.FOLDER_NAMES`), holding 48x48 faces
 named ``S010_004_00000017.png``: subject ``S010``, sequence ``004``, frame ``00000017`` (the last frames
 of each posed sequence). The folders may sit directly under ``path`` or in a ``CK+48/`` subfolder.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..labels import FOLDER_NAMES
+from utils.data.labels import FOLDER_NAMES
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 
 NUM_CLASSES = 8  # the seven basic expressions and contempt

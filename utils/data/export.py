@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..labels import EMOTIONS
-from ..runtime import show_progress
+from utils.data.labels import EMOTIONS
+from utils.core.runtime import show_progress
 from .base import FaceDataset
 
 _DONE = ".export-complete"
@@ -56,7 +56,7 @@ def export_image_folders(dataset: FaceDataset, folder, overwrite: bool = False, 
 
 def imagefolder_to_canonical(class_names) -> dict[int, int]:
     """Map ``ImageFolder``'s alphabetical class indices to canonical ids, from its ``classes`` list."""
-    from ..labels import folder_label
+    from utils.data.labels import folder_label
 
     mapping = {}
     for index, name in enumerate(class_names):

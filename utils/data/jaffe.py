@@ -3,7 +3,7 @@
 Layout: image files named ``KA.AN1.39.tiff`` anywhere under ``path`` (searched recursively, so the
 release's ``jaffe/`` or ``jaffedbase/`` folder works as it is): subject ``KA``, expression code ``AN``
 (the letters of ``AN1``; the digit numbers the subject's repeats), image number ``39``. The codes AN DI
-FE HA NE SA SU are mapped with :data:`utils.labels.JAFFE_TO_CANONICAL`.
+FE HA NE SA SU are mapped with :data:`utils.data.labels.JAFFE_TO_CANONICAL`.
 
 JAFFE has no official split: every image gets split ``all``; the ``subject`` column lets
 :mod:`utils.data.splits` build subject-independent splits (the usual protocol is leave-one-subject-out or
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..labels import JAFFE_TO_CANONICAL, NUM_BASIC
+from utils.data.labels import JAFFE_TO_CANONICAL, NUM_BASIC
 from .base import IMAGE_SUFFIXES, DatasetError, FaceDataset, Problem, report
 
 NAME_PATTERN = re.compile(r"^([A-Za-z]+)\.([A-Za-z]+)(\d*)\.(\d+)$")  # KA.AN1.39

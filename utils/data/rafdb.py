@@ -11,7 +11,7 @@ Two layouts are read:
   ``path``; class-named folders such as ``surprise/`` are accepted as well).
 
 Both number the classes RAF-DB's way, from 1: surprise, fear, disgust, happiness, sadness, anger,
-neutral. They are mapped with :data:`utils.labels.RAFDB_TO_CANONICAL`, never by folder sort order.
+neutral. They are mapped with :data:`utils.data.labels.RAFDB_TO_CANONICAL`, never by folder sort order.
 RAF-DB has no validation split; carve one from train with :func:`utils.data.splits.ensure_val_split`.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..labels import FOLDER_NAMES, NUM_BASIC, RAFDB_TO_CANONICAL
+from utils.data.labels import FOLDER_NAMES, NUM_BASIC, RAFDB_TO_CANONICAL
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"

@@ -1,5 +1,5 @@
 """What every method shares: its input description, the encoder settings, the :class:`Method` interface that
-:func:`utils.engine.fit` trains and :func:`utils.runs.run` records, and the registry.
+:func:`utils.core.engine.fit` trains and :func:`utils.core.runs.run` records, and the registry.
 
 A method is one file in ``utils/methods/``: a config dataclass with only that method's settings and a
 :class:`Method` subclass decorated with :func:`register`. The run code finds it by name (the files of this
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..loader import channel_count
-from ..models import DEFAULT_WIDTH, FERNet, create_model
+from utils.core.loader import channel_count
+from utils.methods.models import DEFAULT_WIDTH, FERNet, create_model
 
 KINDS = ("classifier", "representation")
 
@@ -53,8 +53,8 @@ class EncoderConfig:
     """The backbone every method trains, and its input (the fields shared by every method's config).
 
     Attributes:
-        backbone: a name from :data:`utils.models.BACKBONES`.
-        channels: input layout (``gray``, ``gray+heatmap``, ...), see :data:`utils.loader.CHANNELS`.
+        backbone: a name from :data:`utils.methods.models.BACKBONES`.
+        channels: input layout (``gray``, ``gray+heatmap``, ...), see :data:`utils.core.loader.CHANNELS`.
         stem_stride: stride of the small-image stem (2: a quarter of the cost of 1, the CPU setting).
         last_stride: stride of a ResNet's last stage (1 doubles its map's side).
         width: channels of a ResNet's first stage, doubled at each stage (torchvision's: 64; 32 costs about a
@@ -67,14 +67,11 @@ class EncoderConfig:
     last_stride: int = 2
     width: int = DEFAULT_WIDTH
 
-    # fields added after runs were recorded, left out of their identity at these values (engine.config_dict)
-    LATER_DEFAULTS: ClassVar[dict] = {"width": DEFAULT_WIDTH}
-
     def __post_init__(self):
         channel_count(self.channels)  # raises on an unknown layout
 
     def encoder(self, spec: InputSpec, num_classes: int = 0, **kwargs) -> FERNet:
-        """A fresh :class:`~utils.models.FERNet` for ``spec`` (a feature extractor when ``num_classes`` is 0)."""
+        """A fresh :class:`~utils.methods.models.FERNet` for ``spec`` (a feature extractor when ``num_classes`` is 0)."""
         return create_model(
             self.backbone,
             num_classes,
@@ -88,7 +85,7 @@ class EncoderConfig:
 
 
 class Method(nn.Module):
-    """Base class of every method: what :func:`~utils.engine.fit` trains and :func:`~utils.runs.run` records.
+    """Base class of every method: what :func:`~utils.core.engine.fit` trains and :func:`~utils.core.runs.run` records.
 
     Class attributes a subclass sets:
         name: the registry name (``"moco_v2"``), also the run record's ``method``.
@@ -97,10 +94,10 @@ class Method(nn.Module):
             probe on :meth:`embed`).
         trains: False for the floors, which are evaluated as built.
         seeded: False when nothing in the method is random (the raw-pixels floor): its runs ignore the seed.
-        train_defaults: the :class:`~utils.engine.TrainConfig` values this method starts from.
+        train_defaults: the :class:`~utils.core.engine.TrainConfig` values this method starts from.
 
     Subclasses implement :meth:`forward` (one batch's loss) and :meth:`embed`, and hold their backbone as
-    ``self.encoder`` (a :class:`~utils.models.FERNet`), the network kept after training.
+    ``self.encoder`` (a :class:`~utils.methods.models.FERNet`), the network kept after training.
     """
 
     name: ClassVar[str] = ""
@@ -120,8 +117,8 @@ class Method(nn.Module):
     # --------------------------------------------------------------------------------------- training
 
     def prepare(self, train, prepared, train_config) -> dict:
-        """Called once before training with the training split (:class:`~utils.loader.FaceTensors`), the
-        :class:`~utils.faces.PreparedFaces` and the :class:`~utils.engine.TrainConfig`: set up what depends
+        """Called once before training with the training split (:class:`~utils.core.loader.FaceTensors`), the
+        :class:`~utils.data.faces.PreparedFaces` and the :class:`~utils.core.engine.TrainConfig`: set up what depends
         on the data (HNCL's neighbour index, class weights). Returns facts for the run record."""
         return {}
 
@@ -145,7 +142,7 @@ class Method(nn.Module):
 
     def on_schedule(self, total_steps: int) -> None:
         """Called with the schedule's length in optimizer steps before training, and again whenever a time
-        budget fits it anew (:attr:`~utils.engine.TrainConfig.max_minutes`): rates sized to the run's length."""
+        budget fits it anew (:attr:`~utils.core.engine.TrainConfig.max_minutes`): rates sized to the run's length."""
 
     def step_cost(self, progress: np.ndarray) -> np.ndarray:
         """The compute of a training step at these shares of the schedule, relative to a full step: 1

@@ -12,15 +12,16 @@ Choices for 48-px grey faces on a CPU (the paper: ResNet-50 at 224 px, LARS, bat
 - **The target must leave its random start.** Over 0.996 -> 1, the target keeps
   ``exp(-(1 - 0.996) T / 2)`` of its random weights after ``T`` steps: nothing after the paper's ~94,000
   steps, but 42-50 % after the 350-440 steps of a 30-minute CPU run, whose target then barely learned.
-  ``random_start_share`` (default 1 %) lowers the base rate for short runs so that the target keeps at most
-  that share: ``base = min(base_momentum, 1 - 2 ln(1 / share) / T)`` (:func:`sized_base_momentum`).
-- **One direction per step** (``symmetric=False``, the default): the online network sees one view and the
+  ``random_start_share`` (1 % in the CPU recipe, ``recipes/``) lowers the base rate for short runs so that the
+  target keeps at most that share: ``base = min(base_momentum, 1 - 2 ln(1 / share) / T)``
+  (:func:`sized_base_momentum`). The default, None, is the paper's fixed base.
+- **One direction per step** (``symmetric=False``, the CPU recipe): the online network sees one view and the
   target the other, as MoCo v2 does here; both views are drawn alike, so the one-way loss is an unbiased
-  half of the symmetrised one, at half the cost per image. ``symmetric=True`` is the paper's.
+  half of the symmetrised one, at half the cost per image. ``symmetric=True``, the default, is the paper's.
 - **Head sizes**: the paper's projector and predictor (4,096 hidden, 256 out, batch norm on the hidden
   layer) are kept: on a ResNet-18 at 48 px their cost is small beside the backbone's (measured in notebook
   05), and solo-learn keeps the same sizes for ResNet-18 on 32-px CIFAR.
-- **Augmentation**: the same MoCo v2-style augmentation as MoCo v2 and HNCL (:data:`utils.augment.MOCO_V2_GREY`:
+- **Augmentation**: the same MoCo v2-style augmentation as MoCo v2 and HNCL (:data:`utils.core.augment.MOCO_V2_GREY`:
   crops of 20-100 % of the area, not BYOL's 8-100 %, which at 48 px leaves 14-px crops; no colour, no
   solarisation, on grey faces), so that the methods differ in their loss, not their views.
 - **Optimiser**: the settings MoCo v2 and HNCL use here (SGD, lr 0.06 at batch 256 with warm-up and cosine,
@@ -34,9 +35,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..augment import MOCO_V2_GREY, AugmentConfig, BatchAugment
-from ..heads import frozen_copy, mlp, update_momentum
-from ..losses import byol_loss
+from utils.core.augment import MOCO_V2_GREY, AugmentConfig, BatchAugment
+from utils.methods.heads import frozen_copy, mlp, update_momentum
+from utils.methods.losses import byol_loss
+
 from .base import EncoderConfig, Method, register
 
 
@@ -60,8 +62,8 @@ class BYOLConfig(EncoderConfig):
     projector_dim: int = 256
     predictor_hidden: int = 4096
     base_momentum: float = 0.996
-    random_start_share: float | None = 0.01
-    symmetric: bool = False
+    random_start_share: float | None = None
+    symmetric: bool = True
     augment: AugmentConfig = field(default_factory=lambda: MOCO_V2_GREY)
 
 

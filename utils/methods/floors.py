@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..loader import channel_count
+from utils.core.loader import channel_count
+
 from .base import EncoderConfig, Method, register
 
 
@@ -55,10 +56,10 @@ def floors(prepared, encoder: EncoderConfig, seed: int = 0, **kwargs) -> list:
     """Both floors for ``encoder``'s backbone and input on ``prepared`` (finished ones are loaded).
 
     Returns:
-        Two :class:`~utils.runs.Run`: random-init, raw pixels.
+        Two :class:`~utils.core.runs.Run`: random-init, raw pixels.
     """
-    from .. import runs
-    from ..engine import TrainConfig
+    from utils.core import runs
+    from utils.core.engine import TrainConfig
 
     shared = {"backbone": encoder.backbone, "channels": encoder.channels, "stem_stride": encoder.stem_stride}
     random_init = RandomInitConfig(**shared, last_stride=encoder.last_stride, width=encoder.width)

@@ -19,7 +19,7 @@ on the pooled features, *region* is BYOL's loss between each online region featu
 and the same query's target region feature of the other view (plus the authors' 0.02-weighted
 decorrelation from the other regions), and *relation* makes the online network's assignment of positions
 to regions (temperature 0.1) match the target network's Sinkhorn-balanced assignment (temperature 0.04),
-with the authors' term that keeps every region in use (:func:`utils.losses.relation_loss`).
+with the authors' term that keeps every region in use (:func:`utils.methods.losses.relation_loss`).
 
 Where the suite departs from the authors' recipe (ResNet-50 at 224 px, VGGFace2, LARS lr 0.9 at batch 512,
 EMA 0.996 -> 1, hidden width 4,096 everywhere), and why:
@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import frozen_copy, mlp
-from ..losses import byol_loss, region_loss, relation_loss
+from utils.methods.heads import frozen_copy, mlp
+from utils.methods.losses import byol_loss, region_loss, relation_loss
+
 from .base import register
 from .byol import BYOL, BYOLConfig
 

@@ -2,9 +2,9 @@
 Neighbor Contrastive Learning", IEEE TMM 2025). No code is public; this is a reimplementation from the
 paper's description, on MoCo v2 (:mod:`utils.methods.moco`).
 
-For every image, its ``k`` nearest neighbours in landmark-heatmap space (:mod:`utils.neighbours`) are
+For every image, its ``k`` nearest neighbours in landmark-heatmap space (:mod:`utils.methods.neighbours`) are
 positives besides its other augmented view, in a multi-positive InfoNCE
-(:func:`utils.losses.multi_positive_info_nce`). The neighbours' keys come from a bank holding the latest
+(:func:`utils.methods.losses.multi_positive_info_nce`). The neighbours' keys come from a bank holding the latest
 key embedding of every training image (updated whenever the image is in a batch), so they cost no extra
 forward pass; a neighbour not yet in the bank is left out. The head is a 3-layer projector with batch norm
 followed by a predictor. Negatives that are the query's own image or one of its neighbours are masked out of
@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import mlp
-from ..losses import multi_positive_info_nce
-from ..neighbours import NeighbourConfig, build_index, label_agreement
+from utils.methods.heads import mlp
+from utils.methods.losses import multi_positive_info_nce
+from utils.methods.neighbours import NeighbourConfig, build_index, label_agreement
+
 from .base import register
 from .moco import MoCo, MoCoConfig
 

@@ -3,7 +3,7 @@
 A query encoder with a 2-layer MLP head (no batch norm), a key encoder and head that are its exponential
 moving average, and InfoNCE of each query against its key (the other augmented view) and a queue of past
 keys. Defaults are MoCo v2's (key momentum 0.999, temperature 0.2), with its augmentations adapted to grey
-48x48 faces (:data:`utils.augment.MOCO_V2_GREY`) and a queue sized for FER datasets (8,192, not 65,536:
+48x48 faces (:data:`utils.core.augment.MOCO_V2_GREY`) and a queue sized for FER datasets (8,192, not 65,536:
 FER2013 has 28,709 training images).
 
 Shuffle-BN: the reference code shuffles the key batch across GPUs so that batch-norm statistics cannot
@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed as dist_utils
-from ..augment import MOCO_V2_GREY, AugmentConfig, BatchAugment
-from ..heads import frozen_copy, mlp, update_momentum
-from ..losses import info_nce
+from utils.core import distributed as dist_utils
+from utils.core.augment import MOCO_V2_GREY, AugmentConfig, BatchAugment
+from utils.methods.heads import frozen_copy, mlp, update_momentum
+from utils.methods.losses import info_nce
+
 from .base import EncoderConfig, Method, register
 
 

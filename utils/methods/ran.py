@@ -4,36 +4,39 @@ github.com/kaiwang960112/Challenge-condition-FER-dataset, ``FERplus_dir/``). Wri
 the code was read for its facts.
 
 The aligned face (region 0) and ``n`` crops of it are described by one shared backbone; RAN weighs the
-regions' features twice (:func:`utils.losses.ran_attention`):
+regions' features twice (:func:`utils.methods.losses.ran_attention`):
 
 - **self-attention**: a weight ``mu_i`` per region from ``sigmoid(q0 . F_i)``; their weighted mean ``F_m``;
 - **relation attention**: ``nu_i`` from ``sigmoid(q1 . [F_i : F_m])``; the face is
   ``P = sum_i mu_i nu_i [F_i : F_m] / sum_i mu_i nu_i``, and the classifier reads ``P``;
 - **region-biased loss**: ``max(0, delta - (max over crops mu_i - mu_0))``, ``mu_0`` the full face's weight,
   so that some crop matters more than the whole face; total loss = classification + ``lambda`` x it
-  (:func:`utils.losses.region_biased_loss`; the authors: delta 0.1, lambda 1).
+  (:func:`utils.methods.losses.region_biased_loss`; the authors: delta 0.1, lambda 1).
 
-The weights: the paper divides the sigmoids by their sum; the authors' code takes a softmax over the regions
-of the sigmoids (``attention="softmax"``, the default here). With the paper's form nothing keeps a region in
+The defaults are the authors' FERPlus code (five fixed crops and the face, each a backbone pass at the face's
+size, a softmax of the sigmoids, the region-biased loss at full weight from the first step): a GPU recipe.
+The CPU recipe (``recipes/``, notebook 06) cuts the paper's three crops from one layer3 map and ramps the loss
+in. The weights: the paper divides the sigmoids by their sum; the authors' code takes a softmax over the
+regions of the sigmoids (``attention="softmax"``). With the paper's form nothing keeps a region in
 the pooled face: on a random backbone the region-biased loss drove the face's share from 0.17 to 0.01 within
 100 steps, and the logits to |3-5|, where the sigmoids pass almost no gradient and the attention no longer
 moves when a crop is hidden. The softmax bounds the ratio of any two weights by ``e``.
 
 Where the regions come from (``regions_from``):
 
-- ``layer3`` (default; ``layer1``, ``layer2`` work too): the backbone runs once on the face up to that stage;
+- ``layer3`` (the CPU recipe; ``layer1``, ``layer2`` work too): the backbone runs once on the face up to that stage;
   each region, the whole face included, is cut from that stage's map with RoIAlign at ``region_size`` cells
   and runs through the remaining stages. The face and the crops are then one population for the batch
   norms, and the convolutions before the stage are not repeated per crop. ResNets only.
-- ``image``: the paper's path, one backbone pass per region: the face and every crop resized to
+- ``image`` (default): the paper's path, one backbone pass per region: the face and every crop resized to
   ``region_size`` pixels (None: the face's side, so crops are upsampled, as the authors' 224-px crops are)
   in one batch. Six regions cost six faces: a GPU recipe.
 
 Crops (boxes relative to the face, the same for every image):
 
-- ``three`` (default): the paper's fixed crops, top-left, top-right and bottom-centre, each 0.75 of the side:
+- ``three`` (the CPU recipe): the paper's fixed crops, top-left, top-right and bottom-centre, each 0.75 of the side:
   left eye and brow, right eye and brow, nose and mouth. Four regions with the face;
-- ``fixed``: the authors' FERPlus code, the four corners and the centre, each 0.75 of the side: brows and eyes
+- ``fixed`` (default): the authors' FERPlus code, the four corners and the centre, each 0.75 of the side: brows and eyes
   (top), each cheek and mouth corner (bottom) and the nose. Six regions with the face;
 - ``landmarks``: boxes around the left eye and brow, the right eye and brow, the nose and the mouth, at the
   mean position of those landmark groups over the training faces. The faces are aligned on the eyes, so a
@@ -55,8 +58,9 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from ..losses import RAN_NORMALISATIONS, RANAttention, ran_attention, region_biased_loss
-from ..regions import LANDMARK_GROUPS
+from utils.evaluation.regions import LANDMARK_GROUPS
+from utils.methods.losses import RAN_NORMALISATIONS, RANAttention, ran_attention, region_biased_loss
+
 from .base import register
 from .supervised import Supervised, SupervisedConfig
 
@@ -98,20 +102,20 @@ class RANConfig(SupervisedConfig):
         region_size: each region's side, in cells of that map (4: a 0.75 crop of a 48-px face's 6x6 layer3 map
             with the stride-2 stem is 4.5 cells), or in pixels with ``image`` (None: the face's side).
         attention: ``softmax`` (the authors' code: a softmax over the regions of the sigmoids) or ``sum`` (the
-            paper's equations: the sigmoids divided by their sum), see :func:`utils.losses.ran_attention`.
+            paper's equations: the sigmoids divided by their sum), see :func:`utils.methods.losses.ran_attention`.
         margin: the region-biased loss's margin delta (authors: 0.1).
         rb_weight: its weight lambda in the total loss (authors: 1).
         rb_warmup: share of the schedule over which that weight rises linearly from 0 (0: full from the first
             step, as the authors, who start from a face-recognition network).
     """
 
-    crops: str = "three"
-    regions_from: str = "layer3"
-    region_size: int | None = 4
+    crops: str = "fixed"
+    regions_from: str = "image"
+    region_size: int | None = None
     attention: str = "softmax"
     margin: float = 0.1
     rb_weight: float = 1.0
-    rb_warmup: float = 0.25
+    rb_warmup: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -173,12 +177,12 @@ class RANNet(nn.Module):
     """Images to logits through regions, a shared backbone and RAN's two attentions (a classifier).
 
     Args:
-        encoder: the backbone (:class:`~utils.models.FERNet`).
+        encoder: the backbone (:class:`~utils.methods.models.FERNet`).
         num_classes: the classifier's outputs.
         boxes: ``(n, 4)`` relative crop boxes; the whole face is added as region 0.
         regions_from: ``image`` or a ResNet stage (see :class:`RANConfig`).
         region_size: a region's side in pixels (``image``) or cells of the stage's map.
-        attention: how the attention weights are normalised (:func:`utils.losses.ran_attention`).
+        attention: how the attention weights are normalised (:func:`utils.methods.losses.ran_attention`).
     """
 
     def __init__(
@@ -222,7 +226,7 @@ class RANNet(nn.Module):
 
     def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, RANAttention]:
         """``(logits, attention)``: class scores ``(B, C)`` and the attention's weights and logits
-        (:class:`~utils.losses.RANAttention`, ``(B, 1 + n)`` each)."""
+        (:class:`~utils.methods.losses.RANAttention`, ``(B, 1 + n)`` each)."""
         attention = ran_attention(self.region_features(x), self.self_attention, self.relation_attention, self.attention)
         return self.head(attention.pooled), attention
 

@@ -8,16 +8,16 @@ with, and the fine-tuning protocol of the self-supervised ones (the same method 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment import MIX_MODES, AugmentConfig, BatchAugment, mix_batch
-from ..engine import class_weights
-from ..evaluation import TTA_MODES
-from ..losses import LABEL_MODES, label_loss
+from utils.core.augment import MIX_MODES, AugmentConfig, BatchAugment, mix_batch
+from utils.core.engine import class_weights
+from utils.evaluation.metrics import TTA_MODES
+from utils.methods.losses import LABEL_MODES, label_loss
+
 from .base import EncoderConfig, Method, register
 
 
@@ -32,11 +32,11 @@ class SupervisedConfig(EncoderConfig):
         label_smoothing: cross-entropy label smoothing.
         augment: training augmentation.
         tta: test-time augmentation of the final evaluation (None, ``flip``, ``tencrop``).
-        targets: what the loss trains on (:data:`utils.losses.LABEL_MODES`): ``majority`` (the hard label), or
+        targets: what the loss trains on (:data:`utils.methods.losses.LABEL_MODES`): ``majority`` (the hard label), or
             FERPlus's ``crossentropy``, ``probability`` and ``multi_target`` on the vote distributions of a
             dataset read with the same mode (``load_dataset("ferplus", path, mode=...)``). Evaluation is always
             on the majority label.
-        mix: ``mixup`` or ``cutmix`` (:func:`utils.augment.mix_batch`) after the augmentation, or None.
+        mix: ``mixup`` or ``cutmix`` (:func:`utils.core.augment.mix_batch`) after the augmentation, or None.
         mix_alpha: the mixing share is drawn from Beta(mix_alpha, mix_alpha) (DeiT's recipe: mixup 0.8,
             cutmix 1.0).
         mix_prob: share of the batches that are mixed.
@@ -64,15 +64,6 @@ class SupervisedConfig(EncoderConfig):
     mix_prob: float = 1.0
     resize_from: int | None = None
     resize_until: float = 0.75
-
-    # fields added after runs were recorded, left out of their identity at these values (engine.config_dict)
-    LATER_DEFAULTS: ClassVar[dict] = {
-        "mix": None,
-        "mix_alpha": 1.0,
-        "mix_prob": 1.0,
-        "resize_from": None,
-        "resize_until": 0.75,
-    }
 
     def __post_init__(self):
         super().__post_init__()

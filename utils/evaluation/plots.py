@@ -17,7 +17,7 @@ def face_grid(
     """Faces per class (rows), each with its landmarks and, beside it, its heatmap channels.
 
     Args:
-        prepared: a :class:`~utils.faces.PreparedFaces`.
+        prepared: a :class:`~utils.data.faces.PreparedFaces`.
         per_class: faces shown per class.
         show: what to draw per face besides the image: ``landmarks`` (points on the face), ``heatmap``
             (the landmark heatmap), ``centre`` (the seed's centred heatmap, the same for every face).
@@ -137,7 +137,7 @@ def training_curves(history: list[dict], title: str = ""):
 
 
 def confusion_matrix(metrics: dict, title: str = "", normalised: bool = True, ax=None):
-    """Heatmap of a confusion matrix from :func:`~utils.evaluation.classification_metrics`."""
+    """Heatmap of a confusion matrix from :func:`~utils.evaluation.metrics.classification_metrics`."""
     import seaborn as sns
 
     plt = _plt()
@@ -232,7 +232,7 @@ FLOOR_METHODS = ("random-init", "raw-pixels")
 
 
 def budget_curve(table, protocol: str = "linear", title: str = ""):
-    """Probe accuracy against pretraining time, from :func:`~utils.results.probe_table`.
+    """Probe accuracy against pretraining time, from :func:`~utils.evaluation.tables.probe_table`.
 
     One series per method and variant: every run as a dot (seeds side by side), a line through the mean
     of the runs that differ only in their seed (one point per budget). The floors (random weights, raw pixels) are horizontal lines.
@@ -392,7 +392,7 @@ def crop_boxes(images, boxes, names, weights=None, title: str = ""):
 
 def label_efficiency(table, title: str = ""):
     """Accuracy against the share of training labels (log scale), from
-    :func:`utils.label_efficiency.label_efficiency_table`: one panel per protocol (fine-tune, linear, kNN),
+    :func:`utils.evaluation.label_efficiency.label_efficiency_table`: one panel per protocol (fine-tune, linear, kNN),
     one line per initialisation through the mean over seeds, each seed's run as a dot."""
     plt = _plt()
     if table.empty:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluation import classification_metrics, predict
-from .loader import FaceTensors, face_tensors
+from utils.core.loader import FaceTensors, face_tensors
+from utils.evaluation.metrics import classification_metrics, predict
 
 OCCLUSIONS = ("eyes", "mouth", "random square", "left half", "right half")
 YAW_THRESHOLD = 0.15
@@ -115,16 +115,16 @@ def evaluate(run, prepared, split: str = "val", device=None, seed: int = 0, tta:
     """Accuracy, balanced accuracy and macro-F1 of a finished classifier run under every condition.
 
     Args:
-        run: a :class:`~utils.runs.Run` of a classifier (supervised, fine-tuned, RAN).
-        prepared: the :class:`~utils.faces.PreparedFaces` it was trained on (the same face settings).
+        run: a :class:`~utils.core.runs.Run` of a classifier (supervised, fine-tuned, RAN).
+        prepared: the :class:`~utils.data.faces.PreparedFaces` it was trained on (the same face settings).
 
     Returns:
         A DataFrame, one row per condition, with ``n`` the images evaluated.
     """
     import pandas as pd
 
-    from .engine import amp_dtype
-    from .runs import _device
+    from utils.core.engine import amp_dtype
+    from utils.core.runs import _device
 
     device = _device(device)
     model = run.method.to(device).classifier().eval()
@@ -174,7 +174,7 @@ def attention_shift(run, prepared, split: str = "val", device=None, seed: int = 
     """
     import pandas as pd
 
-    from .methods.ran import region_crops
+    from utils.methods.ran import region_crops
 
     device = (run.method.net.boxes.device) if device is None else torch.device(device)
     net = run.method.to(device).net.eval()

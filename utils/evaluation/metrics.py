@@ -29,7 +29,7 @@ def _crops(x: torch.Tensor, fraction: float) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict(model, data, batch_size: int = 512, tta: str | None = None, amp_dtype=None) -> np.ndarray:
-    """Class probabilities ``(N, C)`` for a :class:`~utils.loader.FaceTensors` split.
+    """Class probabilities ``(N, C)`` for a :class:`~utils.core.loader.FaceTensors` split.
 
     Args:
         tta: None; ``"flip"`` averages the image and its mirror; ``"tencrop"`` averages four corner crops
@@ -117,7 +117,7 @@ def per_class_table(metrics: dict):
 
 def evaluate_splits(model, prepared, channels: str, splits, device, tta=None, amp=None, batch_size: int = 512) -> dict:
     """:func:`classification_metrics` of ``model`` on each of ``splits`` that ``prepared`` has."""
-    from .loader import face_tensors
+    from utils.core.loader import face_tensors
 
     out = {}
     for split in splits:

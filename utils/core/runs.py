@@ -31,16 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed as dist_utils
-from . import methods
-from .cache import settings_key
-from .engine import FitResult, TrainConfig, amp_dtype, config_dict, fit, load_checkpoint
-from .evaluation import evaluate_splits, predict
-from .loader import channel_count, face_tensors
-from .methods import InputSpec, Method, config_from_dict
-from .models import count_parameters
-from .probes import extract_features, knn_scores, representation_metrics
-from .runtime import CHECKPOINT_DIR, machine, pick_device, provenance, seed_everything, versions
+from utils import methods
+from utils.core import distributed as dist_utils
+from utils.core.cache import settings_key
+from utils.core.engine import FitResult, TrainConfig, amp_dtype, config_dict, fit, load_checkpoint
+from utils.core.loader import channel_count, face_tensors
+from utils.core.runtime import CHECKPOINT_DIR, machine, pick_device, provenance, seed_everything, versions
+from utils.evaluation.metrics import evaluate_splits, predict
+from utils.evaluation.probes import extract_features, knn_scores, representation_metrics
+from utils.methods import InputSpec, Method, config_from_dict
+from utils.methods.models import count_parameters
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.pt"
@@ -64,6 +64,20 @@ class Run:
     @property
     def backbone_path(self) -> Path:
         return self.run_dir / BACKBONE_FILE
+
+    def summary(self) -> str:
+        """One line on how the run trained: epochs (of the schedule fitted to a time budget), minutes,
+        images/s, the epoch kept, and whether it was loaded rather than trained."""
+        r = self.record
+        if not r.get("epochs_run"):
+            return f"{self.run_dir.name}: not trained (evaluated as built)"
+        fitted = r.get("schedule", {}).get("epochs")
+        return (
+            f"{self.run_dir.name}: {r['epochs_run']} epochs"
+            + (f" ({fitted} fitted)" if fitted else "")
+            + f", {r.get('train_seconds', 0) / 60:.1f} min, {r.get('images_per_second', 0):.0f} images/s, "
+            f"best epoch {r.get('best_epoch')}" + (" (loaded: trained before)" if self.loaded else "")
+        )
 
     @property
     def model(self) -> torch.nn.Module:
@@ -139,6 +153,8 @@ def run(
     if init is not None:  # the starting weights are part of the configuration, by content
         setup["init_sha1"] = hashlib.sha1(Path(init).read_bytes()).hexdigest()
     folder = run_dir(name or f"{label}-{prepared.name}", setup, checkpoint_dir)
+    if not force and finished(folder) is None:  # recorded under another name by an older version of the suite?
+        folder = find_finished(setup, folder.parent) or folder
     dist_utils.init_from_env(device.type)
     main = dist_utils.is_main()
 
@@ -233,17 +249,19 @@ def init_path(init) -> Path:
     return path
 
 
-def finetune_settings() -> TrainConfig:
-    """The fine-tuning protocol's training settings when none are given: 30 epochs at lr 0.02 with one warm-up
-    epoch, class-weighted cross-entropy, early stopping after 5 epochs without a better val score."""
-    return TrainConfig(epochs=30, lr=0.02, balance="weights", patience=5, warmup_epochs=1)
+def finetune_settings(overrides: dict | None = None, seed: int = 0) -> TrainConfig:
+    """The fine-tuning protocol's training settings: 30 epochs at lr 0.02 with one warm-up epoch,
+    class-weighted cross-entropy, early stopping after 5 epochs without a better val score; ``overrides``
+    (a recipe's ``FINETUNE_TRAIN``, e.g. ``{"max_minutes": 10}``) on top."""
+    values = {"epochs": 30, "lr": 0.02, "balance": "weights", "patience": 5, "warmup_epochs": 1, "seed": seed}
+    return TrainConfig(**{**values, **(overrides or {})})
 
 
 def finetune(pretrained: Run, prepared, train: TrainConfig | None = None, tta: str | None = "flip", **kwargs) -> Run:
     """Fine-tune a run's backbone with a new linear head: every weight trains (class-weighted cross-entropy
     and early stopping on val by default). The record keeps the pretraining method's name, protocol
     ``finetune``."""
-    from .methods.supervised import SupervisedConfig
+    from utils.methods.supervised import SupervisedConfig
 
     encoder = pretrained.record["config"]["model"]
     shared = {f.name: encoder[f.name] for f in dataclasses.fields(methods.EncoderConfig) if f.name in encoder}
@@ -376,6 +394,39 @@ def run_dir(name: str, config: dict, root=None) -> Path:
     """``<root>/<name>-<first 8 hex digits of the config hash>``."""
     root = Path(root) if root is not None else CHECKPOINT_DIR
     return root / f"{name}-{settings_key(config)[:8]}"
+
+
+def normalised(setup: dict) -> dict | None:
+    """A run's settings as today's code reads them: every config rebuilt from its stored fields, the missing
+    ones taking today's defaults (the one rule of run identity: a field added to a config keeps its default's
+    old behaviour, so a run recorded before it existed is the run at that default). None when a stored field no
+    longer exists or a value is refused: then no run of today's settings can be that one."""
+    from utils.data.faces import FaceConfig
+
+    try:
+        cls = methods.get(setup["method"])
+        out = {**setup, "model": dataclasses.asdict(config_from_dict(cls.Config, setup["model"]))}
+        if cls.trains:
+            out["train"] = dataclasses.asdict(config_from_dict(TrainConfig, setup["train"]))
+        faces = config_from_dict(FaceConfig, setup["data"]["faces"])
+        out["data"] = {**setup["data"], "faces": dataclasses.asdict(faces)}
+    except (ValueError, TypeError, KeyError):
+        return None
+    return json.loads(json.dumps(out, default=str))
+
+
+def find_finished(setup: dict, root) -> Path | None:
+    """The folder of a finished run under ``root`` whose settings are ``setup`` once both are
+    :func:`normalised` (a run recorded before a field existed, under the name its settings had then)."""
+    wanted = normalised(setup)
+    if wanted is None:
+        return None
+    for path in sorted(Path(root).glob(f"*/{METRICS_FILE}")):
+        record = finished(path.parent)
+        stored = (record or {}).get("config", {})
+        if stored.get("method") == setup["method"] and normalised(stored) == wanted:
+            return path.parent
+    return None
 
 
 def finished(folder) -> dict | None:

@@ -33,10 +33,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import cache
-from .data.base import DatasetError, FaceDataset, Problem, read_image
-from .labels import class_names
-from .runtime import DATA_DIR, show_progress
+from utils.core import cache
+from utils.data.base import DatasetError, FaceDataset, Problem, read_image
+from utils.data.labels import class_names
+from utils.core.runtime import DATA_DIR, show_progress
 
 NUM_LANDMARKS = 68
 RIGHT_EYE = slice(36, 42)  # the subject's right eye, on the image's left (iBUG 300-W numbering)
@@ -376,7 +376,7 @@ class PreparedFaces:
         sources: ``(N,)`` the dataset each image came from (differs only after :func:`merge`).
         soft_labels: ``(N, C)`` float32 label distributions (FERPlus), else None.
         labelled: for a subset with a fraction of the training labels
-            (:func:`utils.label_efficiency.labelled_subset`), its fraction, seed and training rows; else None.
+            (:func:`utils.evaluation.label_efficiency.labelled_subset`), its fraction, seed and training rows; else None.
         config: the :class:`FaceConfig` used.
         problems: unreadable images that were skipped.
         loaded_from_cache: whether :func:`prepare` found these arrays on disk.

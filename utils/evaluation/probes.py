@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .loader import FaceTensors
+from utils.core.loader import FaceTensors
 
 PROBE_CS = (0.01, 0.1, 1.0)  # logistic-regression C values tried; the best on val is kept
 # BLAS/OpenMP threads for the probe's fits. The fits are long chains of skinny products (N x D by D x classes)
@@ -137,7 +137,7 @@ def representation_metrics(
     Returns:
         ``{"knn": {split: metrics}, "linear": {split: metrics, "C": chosen C, "accuracy_by_C": ...}}``.
     """
-    from .loader import face_tensors
+    from utils.core.loader import face_tensors
 
     sets = {}
     for split in ("train", "val", "test"):
@@ -149,7 +149,7 @@ def representation_metrics(
 
 def probe_metrics(sets: dict, classes, knn_k: int = 20, probe: bool = True) -> dict:
     """kNN and linear-probe metrics from features per split ``{split: (features, labels)}`` (train included)."""
-    from .evaluation import classification_metrics
+    from utils.evaluation.metrics import classification_metrics
 
     train_x, train_y = sets["train"]
     evals = {name: v for name, v in sets.items() if name != "train"}

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "data"
-CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
+# where runs are kept; FER_CHECKPOINTS moves them (the tests' notebooks train into a folder of their own)
+CHECKPOINT_DIR = Path(os.environ.get("FER_CHECKPOINTS") or REPO_ROOT / "checkpoints")
 SAMPLE_DIR = DATA_DIR / "sample"
 
 

@@ -2,7 +2,7 @@
 
 FER datasets are small enough to sit in memory (FER2013 with a heatmap channel: 149 MB), so instead of a
 ``DataLoader`` decoding files in worker processes, a split is converted once to ``(N, C, H, W)`` uint8 on
-the device and batches are slices of it, augmented there (:mod:`utils.augment`). Shuffling and sampling
+the device and batches are slices of it, augmented there (:mod:`utils.core.augment`). Shuffling and sampling
 use a generator seeded by ``(seed, epoch)``, so an epoch's batches are the same after a resume.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import BatchAugment
+from utils.core.augment import BatchAugment
 
 CHANNELS = ("gray", "gray+heatmap", "gray+centre", "rgb", "rgb+heatmap")
 """Input channel layouts: the image, optionally followed by a landmark or centred heatmap channel."""
@@ -59,7 +59,7 @@ class FaceTensors:
 
 
 def face_tensors(prepared, split: str | None = None, channels: str = "gray", device="cpu") -> FaceTensors:
-    """The images of ``split`` (all when None) of a :class:`~utils.faces.PreparedFaces` as tensors.
+    """The images of ``split`` (all when None) of a :class:`~utils.data.faces.PreparedFaces` as tensors.
 
     Args:
         channels: one of :data:`CHANNELS`: ``gray+heatmap`` adds the landmark heatmap channel,
@@ -98,7 +98,7 @@ class BatchLoader:
         data: the split, already on the training device.
         batch_size: images per batch.
         shuffle: a new order each epoch.
-        augment: a :class:`~utils.augment.BatchAugment`, or None.
+        augment: a :class:`~utils.core.augment.BatchAugment`, or None.
         balanced: sample classes equally (with replacement, ``len(data)`` images per epoch).
         drop_last: skip the last incomplete batch (training).
         seed: base seed; :meth:`set_epoch` selects the epoch.

@@ -23,24 +23,21 @@ Checkpoints hold only tensors and plain Python values and are loaded with ``weig
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import distributed as dist_utils
-from .loader import BatchLoader, FaceTensors, epoch_generator
-from .runtime import show_progress
+from utils.core import distributed as dist_utils
+from utils.core.budget import TimeBudget
+from utils.core.checkpoints import load_checkpoint, resume, save_atomic, save_resume_point, write_log
+from utils.core.loader import BatchLoader, FaceTensors, epoch_generator
+from utils.core.runtime import show_progress
 
 
 @dataclass
@@ -95,10 +92,6 @@ class TrainConfig:
     grad_clip: float | None = None
     channels_last: bool = True
     ema: float | None = None
-
-    # fields added after runs were recorded: left out of a run's identity while at these values, so that
-    # finished runs keep their folders (see :func:`config_dict`)
-    LATER_DEFAULTS: ClassVar[dict] = {"ema": None}
 
     def __post_init__(self):
         if self.ema is not None and not 0.0 < self.ema < 1.0:
@@ -159,41 +152,6 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(counts > 0, weights, torch.zeros_like(weights))
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-
-
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 (global state, saved for resume)
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ------------------------------------------------------------------------------------------------ fit
 
 
@@ -213,9 +171,6 @@ class FitResult:
     steps_per_epoch: int = 0
     seconds_per_step: float | None = None  # of a full-cost step (Method.step_cost), measured to fit the budget
     warmup_steps: int = 0
-
-
-MAX_WARMUP_SHARE = 0.2  # a time budget that fits few epochs shortens the warm-up to this share of the steps
 
 
 def fit(
@@ -251,20 +206,18 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
+    world = dist_utils.world_size()
     loader = BatchLoader(
         train,
-        config.batch_size * dist_utils.world_size(),
+        config.batch_size * world,
         shuffle=True,
         balanced=config.balance == "sampler",
-        drop_last=len(train) >= config.batch_size * dist_utils.world_size() * 2,
+        drop_last=len(train) >= config.batch_size * world * 2,
         seed=config.seed,
     )
     steps = min(len(loader), steps_per_epoch or len(loader))
-    total_steps = steps * config.epochs  # fitted to max_minutes after the first steps
-    budget = None if config.max_minutes is None else 60 * config.max_minutes
-    fitted = budget is None
     warmup = int(round(config.warmup_epochs * steps))
+    budget = TimeBudget(config.max_minutes, steps, config.epochs, warmup, method.step_cost)
     optimizer = make_optimizer(method.param_groups(config.weight_decay), config)
     dtype = amp_dtype(device, config.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -275,183 +228,126 @@ def fit(
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None
         )
-
-    result = FitResult(run_dir)
-    start_epoch, step = 0, 0
+    parts = {"model": method, "optimizer": optimizer, "scaler": scaler, "ema": ema}
+    result, start_epoch, step = FitResult(run_dir), 0, 0
     last = run_dir / "last.pt" if run_dir is not None else None
     if last is not None and last.is_file():
-        state = load_checkpoint(last, map_location=device)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        result.history = list(state["history"])
+        state = resume(last, parts, device)
+        start_epoch, step, result.history = state["epoch"] + 1, state["step"], list(state["history"])
         result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
-        result.train_seconds = state["train_seconds"]
-        result.resumed_from_epoch = state["epoch"]
-        total_steps, fitted = state.get("total_steps", total_steps), state.get("fitted", fitted)
-        result.seconds_per_step = state.get("seconds_per_step")
-        warmup = state.get("warmup", warmup)
+        result.train_seconds, result.resumed_from_epoch = state["train_seconds"], state["epoch"]
+        budget.load_state_dict(state)
         if main and progress:
             print(f"resuming {run_dir.name} after epoch {state['epoch'] + 1}/{config.epochs}")
 
     from tqdm.auto import tqdm
 
+    show = show_progress(progress and main)
     since_best = (start_epoch - 1 - result.best_epoch) if result.best_epoch >= 0 else 0
-    epochs_bar = tqdm(
-        range(start_epoch, config.epochs),
-        desc=run_dir.name if run_dir else "training",
-        unit="epoch",
-        disable=not show_progress(progress and main),
-        initial=start_epoch,
-        total=config.epochs,
-    )
+    epochs_bar = tqdm(range(start_epoch, config.epochs), desc=run_dir.name if run_dir else "training", unit="epoch",
+                      disable=not show, initial=start_epoch, total=config.epochs)  # fmt: skip
     result.stop_reason = "schedule done"
-    method.on_schedule(total_steps)
-    calibration = min(steps, CALIBRATION_STEPS)  # steps timed before the schedule is fitted to the budget
-    out_of_time = False
-    spent = 0.0  # steps taken, each counted at its cost relative to a full step (Method.step_cost)
+    method.on_schedule(budget.total_steps)
     for epoch in epochs_bar:
-        if step >= total_steps or out_of_time:
+        if step >= budget.total_steps or result.stop_reason != "schedule done":
             break
         tic = time.perf_counter()
-        method.train()
-        loader.set_epoch(epoch)
-        # one generator per epoch and process for the augmentation, independent of the batch order
-        augment_gen = epoch_generator(config.seed + 7919 * (dist_utils.rank() + 1), epoch, device)
-        sums: dict[str, float] = {}
-        done = 0  # batches trained this epoch
-        epoch_steps = min(steps, total_steps - step)
-        batches = tqdm(
-            loader,
-            total=epoch_steps,
-            leave=False,
-            desc=f"epoch {epoch + 1}",
-            disable=not show_progress(progress and main),
-        )
-        timer = (time.perf_counter(), step, spent)  # the steps timed to fit the schedule start here
-        for b, (x, y, rows) in enumerate(batches):
-            if b >= epoch_steps:
-                break
-            if b == 1 and not fitted:
-                timer = (time.perf_counter(), step, spent)  # after one step: the first is slower (allocations)
-            share = len(x) // dist_utils.world_size()  # under torchrun each process takes its share
-            mine = slice(dist_utils.rank() * share, (dist_utils.rank() + 1) * share)
-            x, y, rows = x[mine], y[mine], rows[mine]
-            lr = learning_rate(step, total_steps, warmup, config.lr, config.min_lr)
-            method.before_step(step / total_steps)
-            spent += float(method.step_cost(np.float64(step / total_steps)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, logs = model(x, y, rows, augment_gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {b + 1}; lower the lr?")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            method.after_step(step / total_steps)
-            if ema is not None:
-                ema.update_parameters(method)
-            logs = {"loss": loss.item(), **logs}
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            done += 1
-            if b % 10 == 0:
-                batches.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{lr:.3g}")
-            now = time.perf_counter()
-            elapsed = result.train_seconds + now - tic
-            calibrated = not fitted and (b + 1 == calibration or b + 1 == epoch_steps) and b >= 1
-            # within an epoch, the rest of the schedule is fitted again every tenth of it (at least every
-            # CALIBRATION_STEPS steps), so a machine that was busy while the first steps were timed still gets
-            # its budget's worth of steps
-            due = fitted and budget is not None and step - timer[1] >= max(CALIBRATION_STEPS, total_steps // 10)
-            if calibrated or (due and step < total_steps):
-                result.seconds_per_step = (now - timer[0]) / (spent - timer[2])
-                total_steps, warmup = _fit_schedule(
-                    step, steps * config.epochs, budget - elapsed, result.seconds_per_step, warmup, method.step_cost
-                )
-                epoch_steps, fitted, timer = min(steps, total_steps - (step - done)), True, (now, step, spent)
-                method.on_schedule(total_steps)
-                epochs_bar.total, batches.total = math.ceil(total_steps / steps), epoch_steps  # the fitted schedule
-            if budget is not None and _agree(elapsed >= budget) and step < total_steps:
-                out_of_time = True  # slower than measured: stop rather than overrun
-                result.stop_reason = f"time budget of {config.max_minutes} min reached before the schedule ended"
-                break
-        train_time = time.perf_counter() - tic
-        result.train_seconds += train_time
-        if budget is not None and fitted and not out_of_time and step > timer[1] and step < total_steps:
-            # re-fit the rest of the schedule to the speed since the last fit (machines slow down and speed up)
-            result.seconds_per_step = (tic + train_time - timer[0]) / (spent - timer[2])
-            total_steps, warmup = _fit_schedule(
-                step,
-                steps * config.epochs,
-                budget - result.train_seconds,
-                result.seconds_per_step,
-                warmup,
-                method.step_cost,
-            )
-            method.on_schedule(total_steps)
-        row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
+        bar = tqdm(loader, total=budget.epoch_steps(step), leave=False, desc=f"epoch {epoch + 1}", disable=not show)
+        step, row = _train_epoch(model, method, bar, optimizer, scaler, ema, dtype, budget, config, epoch, step, result,
+                                 tic)  # fmt: skip
+        epochs_bar.total = math.ceil(budget.total_steps / steps)  # the fitted schedule
         kept.eval()
         scores = validate(kept) if validate is not None else {"score": float(epoch)}
         row.update({f"val_{k}": float(v) for k, v in scores.items()})
-        row["seconds"] = round(train_time, 2)
         result.history.append(row)
         improved = scores["score"] > result.best_score
         if improved:
             result.best_score, result.best_epoch = float(scores["score"]), epoch
-            since_best = 0
-        else:
-            since_best += 1
+        since_best = 0 if improved else since_best + 1
         if main and run_dir is not None:
             if improved:
                 save_atomic(
                     {"model": kept.state_dict(), "epoch": epoch, "score": result.best_score}, run_dir / "best.pt"
                 )
-            save_atomic(
-                {
-                    "model": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
-                    "epoch": epoch,
-                    "step": step,
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_score": result.best_score,
-                    "train_seconds": result.train_seconds,
-                    "total_steps": total_steps,
-                    "fitted": fitted,
-                    "seconds_per_step": result.seconds_per_step,
-                    "warmup": warmup,
-                    "rng": _rng_state(),
-                },
-                last,
-            )
-            _write_log(run_dir / "log.csv", result.history)
+            progress_state = {"epoch": epoch, "step": step, "history": result.history, "best_epoch": result.best_epoch,
+                              "best_score": result.best_score, "train_seconds": result.train_seconds,
+                              **budget.state_dict()}  # fmt: skip
+            save_resume_point(last, parts, progress_state)
+            write_log(run_dir / "log.csv", result.history)
         dist_utils.barrier()
         epochs_bar.set_postfix({k: f"{v:.4f}" for k, v in scores.items()})
         if config.patience is not None and since_best >= config.patience:
             result.stop_reason = f"early stop: no better validation score for {config.patience} epochs"
-            break
     epochs_bar.close()
     result.epochs_run = len(result.history)
-    result.total_steps, result.steps_per_epoch, result.warmup_steps = total_steps, steps, warmup
+    result.total_steps, result.steps_per_epoch, result.warmup_steps = budget.total_steps, steps, budget.warmup
+    result.seconds_per_step = budget.seconds_per_step
     if run_dir is not None and (run_dir / "best.pt").is_file():
         method.load_state_dict(load_checkpoint(run_dir / "best.pt", map_location=device)["model"])
     elif ema is not None:  # no checkpoints: the average of the last epoch
         method.load_state_dict(ema.module.state_dict())
     method.eval()
     return result
+
+
+def _train_epoch(model, method, batches, optimizer, scaler, ema, dtype, budget, config, epoch, step, result, tic):
+    """One epoch of optimizer steps (fewer when the schedule ends or the budget is spent); returns the step
+    reached and the epoch's log row (means of the batches' logs). Fits the schedule to the budget as it goes."""
+    method.train()
+    batches.iterable.set_epoch(epoch)
+    device = next(method.parameters()).device
+    # one generator per epoch and process for the augmentation, independent of the batch order
+    augment_gen = epoch_generator(config.seed + 7919 * (dist_utils.rank() + 1), epoch, device)
+    sums: dict[str, float] = {}
+    done, lr = 0, 0.0  # batches trained this epoch
+    budget.start_epoch(tic, step)
+    for b, (x, y, rows) in enumerate(batches):
+        if b >= budget.epoch_steps(budget.epoch_start):
+            break
+        share = len(x) // dist_utils.world_size()  # under torchrun each process takes its share
+        mine = slice(dist_utils.rank() * share, (dist_utils.rank() + 1) * share)
+        x, y, rows = x[mine], y[mine], rows[mine]
+        lr = learning_rate(step, budget.total_steps, budget.warmup, config.lr, config.min_lr)
+        method.before_step(step / budget.total_steps)
+        budget.count(b, step, time.perf_counter())
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, logs = model(x, y, rows, augment_gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {b + 1}; lower the lr?")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        method.after_step(step / budget.total_steps)
+        if ema is not None:
+            ema.update_parameters(method)
+        for k, v in {"loss": loss.item(), **logs}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        done += 1
+        if b % 10 == 0:
+            batches.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+        now = time.perf_counter()
+        elapsed = result.train_seconds + now - tic
+        if budget.after_step(b, step, now, elapsed):
+            method.on_schedule(budget.total_steps)
+            batches.total = budget.epoch_steps(budget.epoch_start)
+        if budget.over(elapsed, step):
+            result.stop_reason = f"time budget of {config.max_minutes} min reached before the schedule ended"
+            break
+    train_time = time.perf_counter() - tic
+    result.train_seconds += train_time
+    if result.stop_reason == "schedule done" and step < budget.total_steps:
+        budget.end_epoch(tic + train_time, step, result.train_seconds)
+        method.on_schedule(budget.total_steps)
+    row = {"epoch": epoch + 1, "steps": done, "lr": lr, **{f"train_{k}": v / max(1, done) for k, v in sums.items()}}
+    row["seconds"] = round(train_time, 2)
+    return step, row
 
 
 def weight_average(method: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -471,76 +367,7 @@ def weight_average(method: nn.Module, decay: float) -> torch.optim.swa_utils.Ave
     return torch.optim.swa_utils.AveragedModel(method, multi_avg_fn=update, use_buffers=True)
 
 
-CALIBRATION_STEPS = 12  # steps of the first epoch timed to fit the schedule to a time budget
-
-
-def _fit_schedule(
-    step: int,
-    planned: int,
-    seconds_left: float,
-    seconds_per_step: float,
-    warmup: int,
-    cost: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[int, int]:
-    """The total steps that fit: those done plus what the time left allows at the measured rate, at most the
-    planned number, at least one more (every process gets the same answer under torchrun); and the warm-up,
-    only ever shortened, to at most ``MAX_WARMUP_SHARE`` of that total.
-
-    ``cost`` (:meth:`Method.step_cost`) gives the cost of a step at a share of the schedule relative to a full
-    step, and ``seconds_per_step`` is then the seconds of a full step. A step's share depends on the total, so
-    the total is the largest whose remaining steps fit (found by bisection; the time left grows with it)."""
-    left = max(0.0, seconds_left)
-    fits = step + int(left / seconds_per_step)  # every step costing a full one
-    if cost is not None:
-
-        def seconds(total: int) -> float:  # the steps from `step` to `total`, as shares of `total`
-            return seconds_per_step * float(np.sum(cost(np.arange(step, total) / total)))
-
-        low, high = step, planned  # seconds(low) <= left; find the largest such total
-        while low < high:
-            middle = (low + high + 1) // 2
-            low, high = (middle, high) if seconds(middle) <= left else (low, middle - 1)
-        fits = low
-    total = torch.tensor([max(step + 1, min(planned, fits))], dtype=torch.long)
-    total_steps = int(dist_utils.broadcast_(total)[0])
-    return total_steps, min(warmup, max(1, round(MAX_WARMUP_SHARE * total_steps)))
-
-
-def _agree(flag: bool) -> bool:
-    """``flag`` as the first process sees it, on every process (a decision to stop must be the same)."""
-    if not dist_utils.is_distributed():
-        return flag
-    return bool(dist_utils.broadcast_(torch.tensor([int(flag)]))[0])
-
-
-def _write_log(path: Path, history: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
-
-
 def config_dict(**configs) -> dict:
-    """Dataclass configs (or dicts) as one nested plain dict (``{name: fields}``), for hashing and records.
-
-    A dataclass's ``LATER_DEFAULTS`` (fields added after runs were recorded, and their defaults; those its base
-    classes declare count too) are left out while at those values: a run's hash stays what it was before the
-    field existed.
-    """
-    out = {}
-    for name, c in configs.items():
-        if hasattr(c, "__dataclass_fields__"):
-            fields = asdict(c)
-            later = {}
-            for klass in reversed(type(c).__mro__):
-                later.update(vars(klass).get("LATER_DEFAULTS", {}))
-            for key, default in later.items():
-                if key in fields and fields[key] == default:
-                    del fields[key]
-            out[name] = fields
-        else:
-            out[name] = c
+    """Dataclass configs (or dicts) as one nested plain dict (``{name: fields}``), for hashing and records."""
+    out = {name: asdict(c) if hasattr(c, "__dataclass_fields__") else c for name, c in configs.items()}
     return json.loads(json.dumps(out, default=str))

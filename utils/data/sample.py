@@ -21,7 +21,7 @@ methods) in seconds, and accuracy on it says nothing about real faces.
 >>> image.shape, image.dtype, landmarks.shape
 ((48, 48), dtype('uint8'), (68, 2))
 
-Regenerate the bundled copy with ``python -m utils.sample [--out data/sample] [--seed 0]``.
+Regenerate the bundled copy with ``python -m utils.data.sample [--out data/sample] [--seed 0]``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .labels import ANGRY, DISGUST, EMOTIONS, FEAR, HAPPY, NEUTRAL, NUM_BASIC, SAD, SURPRISE
+from utils.data.labels import ANGRY, DISGUST, EMOTIONS, FEAR, HAPPY, NEUTRAL, NUM_BASIC, SAD, SURPRISE
 
 # ----------------------------------------------------------------------------------------------------------
 # Geometry of the mean face.
@@ -240,7 +240,7 @@ def sample_expression(expression: int, rng: np.random.Generator) -> Expression:
     """Draw the action-unit parameters of one image of class ``expression`` (canonical id 0-6).
 
     Args:
-        expression: canonical class id (``utils.labels``), 0 angry ... 6 neutral.
+        expression: canonical class id (``utils.data.labels``), 0 angry ... 6 neutral.
         rng: random generator.
 
     Returns:
@@ -872,7 +872,7 @@ def draw_face(expression: int, rng: np.random.Generator, size: int = BASE_SIZE) 
     """Draw one synthetic face showing ``expression``.
 
     Args:
-        expression: canonical class id (``utils.labels``: 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad,
+        expression: canonical class id (``utils.data.labels``: 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad,
             5 surprise, 6 neutral).
         rng: random generator; the same generator state gives the same face.
         size: image side in pixels (48 as in FER2013).
@@ -992,7 +992,7 @@ def make_votes(out_dir, seed: int = 0) -> dict[str, int]:
     """
     import pandas as pd
 
-    from .labels import CANONICAL_TO_FERPLUS
+    from utils.data.labels import CANONICAL_TO_FERPLUS
 
     out_dir = Path(out_dir)
     fer = pd.read_csv(out_dir / CSV_NAME, usecols=["emotion", "Usage"])
@@ -1020,8 +1020,8 @@ def make_votes(out_dir, seed: int = 0) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m utils.sample [--out data/sample] [--seed 0]``: regenerate the bundled sample."""
-    from .runtime import SAMPLE_DIR
+    """``python -m utils.data.sample [--out data/sample] [--seed 0]``: regenerate the bundled sample."""
+    from utils.core.runtime import SAMPLE_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=SAMPLE_DIR, help="output folder (default: %(default)s)")

@@ -1,7 +1,7 @@
 """Nearest neighbours in landmark-heatmap space: the extra positives of HNCL.
 
 The index is built once per dataset and setting, in chunks on the training device, and cached
-(:mod:`utils.cache`). Each image is described by its heatmap channel, average-pooled to ``pool`` x
+(:mod:`utils.core.cache`). Each image is described by its heatmap channel, average-pooled to ``pool`` x
 ``pool`` and projected on its first ``components`` principal components (which keeps the distances
 between heatmaps and makes the search cheap: 28,709 x 28,709 distances are one matrix product of
 64-dimensional vectors per chunk); neighbours are the ``k`` nearest by Euclidean distance, the image
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cache
+from utils.core import cache
 
 SPACES = ("landmarks", "centre", "normalised")
 SEARCHES = ("exact", "approximate", "auto")
@@ -75,7 +75,7 @@ def normalised_landmark_heatmaps(landmarks: np.ndarray, size: int, sigma: float)
     Removes where the face sits and how large it is, so two faces are near when their shapes (mouth
     opening, brow height) are alike.
     """
-    from .faces import landmark_heatmaps
+    from utils.data.faces import landmark_heatmaps
 
     inner = landmarks[:, 17:].astype(np.float64)
     centred = inner - inner.mean(axis=1, keepdims=True)
@@ -278,13 +278,13 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def build_index(prepared, rows: np.ndarray, config: NeighbourConfig, device="cpu", cache_dir=None) -> dict:
-    """The neighbour index of the images ``rows`` of a :class:`~utils.faces.PreparedFaces` (cached).
+    """The neighbour index of the images ``rows`` of a :class:`~utils.data.faces.PreparedFaces` (cached).
 
     Returns:
         ``{"neighbours": (n, k) positions within rows, "distances": (n, k), "seconds": build time,
         "search": "exact" or "faiss-ivf" (see :func:`search_neighbours`), "loaded": bool}``.
     """
-    from .runtime import DATA_DIR
+    from utils.core.runtime import DATA_DIR
 
     heat = _space_heatmaps(prepared, rows, config.space)
     digest = hashlib.sha1(np.ascontiguousarray(heat[:: max(1, len(heat) // 2000)]).data).hexdigest()

@@ -1,7 +1,7 @@
 """A small on-disk cache of NumPy arrays, keyed by the settings that produced them, written atomically.
 
-Used for the preprocessed faces (:mod:`utils.faces`) and the heatmap-neighbour index
-(:mod:`utils.neighbours`). A cache file is written to a temporary name in the same folder and renamed
+Used for the preprocessed faces (:mod:`utils.data.faces`) and the heatmap-neighbour index
+(:mod:`utils.methods.neighbours`). A cache file is written to a temporary name in the same folder and renamed
 into place only once complete, so an interrupted run never leaves a file that a later run loads; a file
 that does not load (truncated by a full disk, written by another version) is recomputed, with a warning.
 """

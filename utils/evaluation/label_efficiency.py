@@ -7,12 +7,12 @@ its pretraining where labels are scarce, even when it ties a randomly initialise
 - :func:`labelled_subset`: the training split keeps a stratified ``fraction`` of its rows (at least one per
   class), fixed by a seed; validation and test stay whole, so every fraction is selected and scored on the
   same images. For one seed the subsets are nested: the 1 % rows are among the 10 % rows.
-- :func:`finetune_with_labels`: :func:`utils.runs.finetune` on that subset. The run's identity and record
+- :func:`finetune_with_labels`: :func:`utils.core.runs.finetune` on that subset. The run's identity and record
   carry the fraction and seed (``dataset.labelled``), so each fraction is its own run, loaded when finished.
 - :func:`probe_with_labels`: kNN and the linear probe of a finished representation run, fitted on the subset
   only; written into the run's ``metrics.json`` under ``label_efficiency`` (a finished entry is reused).
 - :func:`label_efficiency_table`: one row per method, initialisation, protocol, fraction and seed, for the
-  results notebook's accuracy-against-labels figure (:func:`utils.plots.label_efficiency`).
+  results notebook's accuracy-against-labels figure (:func:`utils.evaluation.plots.label_efficiency`).
 """
 
 from __future__ import annotations
@@ -79,13 +79,13 @@ def repeated(subset, min_epoch_share: float, full_train: int):
 
 
 def finetune_with_labels(pretrained, prepared, fraction: float, train=None, min_epoch_share: float = 0.1, **kwargs):
-    """Fine-tune ``pretrained``'s backbone (a :class:`~utils.runs.Run`) with ``fraction`` of the training labels
-    (drawn with ``train.seed``; without ``train``, :func:`utils.runs.finetune_settings`); every initialisation
+    """Fine-tune ``pretrained``'s backbone (a :class:`~utils.core.runs.Run`) with ``fraction`` of the training labels
+    (drawn with ``train.seed``; without ``train``, :func:`utils.core.runs.finetune_settings`); every initialisation
     given the same ``train`` has the same budget. A subset smaller than ``min_epoch_share`` of the training
     split is repeated up to it (:func:`repeated`), so an epoch, the unit of validation and early stopping, is
     about the same length at every small fraction.
-    ``kwargs`` go to :func:`utils.runs.finetune`."""
-    from .runs import finetune, finetune_settings
+    ``kwargs`` go to :func:`utils.core.runs.finetune`."""
+    from utils.core.runs import finetune, finetune_settings
 
     train = train or finetune_settings()
     subset = labelled_subset(prepared, fraction, train.seed)
@@ -103,9 +103,9 @@ def probe_with_labels(run, prepared, fraction: float, seed: int = 0, device=None
     Raises:
         ValueError: for a classifier run (fine-tune it instead) or data other than the run's.
     """
-    from .engine import amp_dtype
-    from .probes import representation_metrics
-    from .runs import _device, finished, write_record
+    from utils.core.engine import amp_dtype
+    from utils.core.runs import _device, finished, write_record
+    from utils.evaluation.probes import representation_metrics
 
     record = finished(run.run_dir) or run.record
     if run.method.kind == "classifier":
@@ -152,7 +152,7 @@ def label_efficiency_table(records: list[dict], dataset: str, split: str = "val"
     entries and, at 100 %, its own evaluations. Smoke tests (capped runs) are left out."""
     import pandas as pd
 
-    from .results import describe, is_smoke_test
+    from utils.evaluation.tables import describe, is_smoke_test
 
     by_folder = {r.get("run_dir", r.get("run")): r for r in records}
     rows = []
@@ -224,8 +224,8 @@ def newest_pretrained(
     backbone, input, stem, ResNet width (None: any; a record from before widths counts as the default, 64) and
     seed (raw pixels have none), smoke tests left out. Methods without such a run are missing from the
     result."""
-    from .models import DEFAULT_WIDTH
-    from .results import is_smoke_test, representation_records
+    from utils.evaluation.tables import is_smoke_test, representation_records
+    from utils.methods.models import DEFAULT_WIDTH
 
     def matches(r):
         model = r.get("config", {}).get("model", {})
