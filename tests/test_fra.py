@@ -221,3 +221,23 @@ def test_a_query_that_wins_nothing_is_marked_unused():
     table = region_table(shares)
     assert table.loc["query 1", "top group"] == "unused" and np.isnan(table.loc["query 1", "lift"])
     assert table.loc["query 0", "lift"] == pytest.approx(3.0)
+
+
+def test_region_awareness_is_recorded_in_the_runs_record(finished_runs, sample, tmp_path):
+    import shutil
+
+    from utils.core import runs
+    from utils.evaluation.regions import record_region_awareness
+
+    folder = tmp_path / finished_runs["fra"].run_dir.name
+    shutil.copytree(finished_runs["fra"].run_dir, folder)
+    run = runs.load_run(folder, "cpu")
+    aware = record_region_awareness(run, sample, "val")
+    record = runs.finished(folder)
+    tables = record["region_awareness"]["sample/val"]
+    queries = run.method.config.queries
+    for kind in ("soft", "hard"):
+        assert len(tables[kind]) == queries + 1  # every query, then the uniform map
+        for row in tables[kind].values():
+            assert (row["top group"] in (*GROUPS, "unused", "") and row["lift"] is None) or row["lift"] >= 0
+    assert aware["heatmaps"].shape[:2] == (len(aware["rows"]), queries)

@@ -220,3 +220,57 @@ def test_the_newest_start_point_matches_backbone_stem_width_and_seed():
     assert chosen(seed=0, stem_stride=2, width=64) == {"raw-pixels": "raw-pixels-1", "hncl": "hncl-1"}
     assert chosen(seed=0, stem_stride=None)["hncl"] == "hncl-4"  # any stem and width: the newest
     assert chosen(seed=1, stem_stride=2, width=32) == {"raw-pixels": "raw-pixels-1", "hncl": "hncl-3"}
+
+
+def test_subset_counts_has_a_row_per_fraction_and_a_column_per_class(sample):
+    counts = le.subset_counts(sample, [0.25, 1.0], seed=0)
+    assert list(counts.index) == ["25 %", "100 %"]
+    assert list(counts.columns) == [*sample.classes, "total"]
+    assert counts.loc["100 %", "total"] == int((sample.splits == "train").sum())
+    quarter = le.labelled_subset(sample, 0.25, 0)
+    assert counts.loc["25 %", "total"] == int((quarter.splits == "train").sum())
+    assert (counts.drop(columns="total").sum(axis=1) == counts["total"]).all()
+
+
+def test_start_points_are_the_floors_the_newest_runs_and_the_named_ones(sample, protocol):
+    from utils.methods import EncoderConfig
+
+    root, backbone, _ = protocol
+    encoder = EncoderConfig(stem_stride=4)
+    inits = ["random-init", "raw-pixels", "moco_v2"]
+    start = le.start_points(sample, inits, encoder, seed=0, checkpoint_dir=root, progress=False)
+    assert list(start) == ["random-init", "raw-pixels"]  # no MoCo v2 run: missing
+    assert start["random-init"].run_dir == backbone.run_dir  # the same settings: the finished run is found
+    assert start["raw-pixels"].method.kind != "classifier"
+    named = le.start_points(sample, inits, encoder, 0, {"moco_v2": backbone.run_dir.name}, root, progress=False)
+    assert list(named) == inits and named["moco_v2"].run_dir == backbone.run_dir
+    table = le.start_point_table(start)
+    assert list(table["init"]) == ["random-init", "raw-pixels"]
+    assert table.loc[0, "linear, all labels"] == backbone.record["evaluations"]["linear"]["val"]["accuracy"]
+
+
+def test_the_protocol_probes_every_fraction_and_smoke_tests_one_finetune(sample, protocol):
+    from utils.methods import EncoderConfig
+
+    root, backbone, _ = protocol
+    start = le.start_points(
+        sample, ["random-init", "raw-pixels"], EncoderConfig(stem_stride=4), 0, None, root, progress=False
+    )
+    train = TrainConfig(epochs=1, batch_size=32, lr=0.02, warmup_epochs=0, seed=0)
+    fractions = [0.25, 0.5]
+    used = le.probe_and_finetune(
+        start, sample, fractions, 0, train, min_epoch_share=0.4, smoke=True, checkpoint_dir=root, progress=False
+    )
+    tuned = [runs.finished(root / folder) for folder in used - {r.run_dir.name for r in start.values()}]
+    assert len(tuned) == 1  # random-init at the first fraction only; raw pixels have no backbone
+    assert tuned[0]["steps_per_epoch_cap"] == 2 and le.label_fraction(tuned[0]) == 0.25
+    for run in start.values():
+        assert {"0.25/seed0", "0.5/seed0"} <= set(runs.finished(run.run_dir)["label_efficiency"])
+    table = le.shown(runs.load_records(root), sample.name, used, fractions, seed=0)
+    assert set(table["protocol"]) == {"linear", "knn"}  # the smoke fine-tune is not a result
+    assert set(table["fraction"]) == set(fractions) and set(table["run"]) <= used
+    grid = le.accuracy_grid(table)
+    assert set(grid.index.get_level_values("init")) == {"random-init", "raw-pixels"}
+    assert set(grid.columns) == {(p, f) for p in ("knn", "linear") for f in fractions}
+    probes_only = le.probe_and_finetune(start, sample, fractions, 0, None, checkpoint_dir=root, progress=False)
+    assert probes_only == {r.run_dir.name for r in start.values()}

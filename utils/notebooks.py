@@ -1,4 +1,4 @@
-"""Run the numbered notebooks top to bottom: ``python -m utils.notebooks [--quick] [01 03 ...]``.
+"""Run the numbered notebooks top to bottom: ``python -m utils.notebooks [--quick [--store]] [01 03 ...]``.
 
 Executed copies go to ``notebooks/executed/`` (the stored notebooks are left as they are). A notebook whose
 dataset is missing runs on the bundled sample, and says so; ``--quick`` forces that (``FER_QUICK=1``).
@@ -21,6 +21,9 @@ def main(argv=None) -> int:
     parser.add_argument("only", nargs="*", help="notebook numbers or names to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="the bundled sample with tiny settings (FER_QUICK=1)")
     parser.add_argument(
+        "--store", action="store_true", help="also copy each executed notebook over the stored one (with --quick)"
+    )
+    parser.add_argument(
         "-p",
         "--parameter",
         nargs=2,
@@ -33,6 +36,10 @@ def main(argv=None) -> int:
 
     import papermill
 
+    if args.store and not args.quick:
+        parser.error(
+            "--store keeps quick-mode runs only (the stored notebooks are executed on the sample): add --quick"
+        )
     if args.quick:
         os.environ["FER_QUICK"] = "1"
     # the executed copies are read after the run: progress bars would be stored where they stopped (often at
@@ -63,7 +70,25 @@ def main(argv=None) -> int:
             str(nb), str(out_dir / nb.name), parameters=params, cwd=str(NOTEBOOK_DIR), progress_bar=False, **kernel
         )
         print(f"  done in {time.perf_counter() - tic:.0f} s -> {out_dir.relative_to(REPO_ROOT) / nb.name}", flush=True)
+        if args.store:
+            store(out_dir / nb.name, nb)
     return 0
+
+
+def store(executed, stored) -> None:
+    """Copy an executed notebook over the stored one without what only the executing machine knows
+    (papermill's paths and timings, per-cell execution times): the repository keeps its notebooks executed in
+    quick mode, and nbval compares their deterministic outputs."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        for key in ("papermill", "execution"):
+            cell.metadata.pop(key, None)
+        if cell.metadata.get("tags") == []:
+            del cell.metadata["tags"]
+    nbformat.write(nb, stored)
 
 
 def _parse(value: str):

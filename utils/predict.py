@@ -120,13 +120,13 @@ class Predictor:
         return torch.softmax(self.model(batch).float(), dim=1).cpu().numpy()
 
     def faces_in(self, image: np.ndarray) -> list[Face]:
-        """Every face of a uint8 image (grey ``(H, W)`` or RGB ``(H, W, 3)``), classified, in reading order (left
-        to right, then top to bottom)."""
+        """Every face of a uint8 image (grey ``(H, W)`` or RGB ``(H, W, 3)``), classified, in reading order: rows
+        top to bottom, left to right within a row (:func:`reading_order`)."""
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         boxes, detector, scale, work = self.boxes(gray)
         if not boxes:
             return []
-        boxes = sorted(boxes, key=lambda b: (b[0], b[1]))
+        boxes = [boxes[i] for i in reading_order(boxes)]
         aligned = [self.align(image, gray, box, scale, work) for box in boxes]
         probs = self.classify([a[0] for a in aligned], [a[1] for a in aligned])
         return [
@@ -149,9 +149,116 @@ def read_image(path) -> np.ndarray:
         raise ValueError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
 
 
+def reading_order(boxes) -> list[int]:
+    """The order in which to number face boxes: rows top to bottom, left to right within a row.
+
+    Two boxes are in one row when their vertical extents overlap by more than half of the smaller box's
+    height; a row is every box linked to another of it that way (so a slightly jittered row of faces stays
+    one row). Rows are ordered by the mean height of their boxes' centres, a row's boxes by their left edge.
+
+    Args:
+        boxes: ``(x, y, width, height)`` of each face, in any order.
+
+    Returns:
+        The indices of ``boxes``, first face first.
+    """
+    boxes = [tuple(float(v) for v in b) for b in boxes]
+    row = list(range(len(boxes)))  # union-find: row[i] leads to the first box of i's row
+
+    def leader(i: int) -> int:
+        while row[i] != i:
+            row[i] = row[row[i]]
+            i = row[i]
+        return i
+
+    for i, (_, yi, _, hi) in enumerate(boxes):
+        for j in range(i):
+            _, yj, _, hj = boxes[j]
+            if min(yi + hi, yj + hj) - max(yi, yj) > 0.5 * min(hi, hj):
+                row[leader(i)] = leader(j)
+    rows: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        rows.setdefault(leader(i), []).append(i)
+
+    def centre_y(members: list[int]) -> float:
+        return float(np.mean([boxes[i][1] + boxes[i][3] / 2 for i in members]))
+
+    order = []
+    for members in sorted(rows.values(), key=centre_y):
+        order += sorted(members, key=lambda i: (boxes[i][0], boxes[i][1]))
+    return order
+
+
+def _style(width: float) -> tuple[float, int]:
+    """The label's font scale and stroke for a face box ``width`` px wide: about 9 px high at 0.4, readable on a
+    72-px face."""
+    font = min(1.5, max(0.4, width / 160))
+    return font, max(1, int(round(1.5 * font)))
+
+
+def _label_lines(face: Face) -> list[str]:
+    return [f"{name} {p:.2f}" for name, p in face.top()]
+
+
+def _text_size(s: str, font: float, thick: int) -> tuple[int, int, int]:
+    """Width, height above the baseline and depth below it of ``s`` drawn with its black outline."""
+    (w, h), base = cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, font, thick + 2)
+    return w, h, base
+
+
+def _overlap(a, b) -> float:
+    """The area two ``(x0, y0, x1, y1)`` rectangles share."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def label_rectangles(faces: list[Face], shape) -> list[tuple[int, int, int, int]]:
+    """Where :func:`annotate` writes each face's top-3 expressions: ``(x0, y0, x1, y1)`` pixel rectangles.
+
+    A label goes above its face's box when there is room inside the image, else below it, never over another
+    face's box when that can be avoided. The places tried are above and below the box, each left-aligned with
+    it, centred on it and right-aligned, shifted into the image when they stick out; each is scored by, in
+    turn, the area of the other faces' boxes it covers, whether it had to be moved up or down to fit in the
+    image, the area of its own box it covers and the area of the labels placed before it. The lowest score
+    wins; ties go to above before below, left-aligned before centred before right-aligned.
+
+    Args:
+        faces: the faces, in their numbering order (labels are placed in that order).
+        shape: the image's shape, ``(H, W)`` or ``(H, W, C)``.
+
+    Returns:
+        One rectangle per face, in the order of ``faces``.
+    """
+    height, width = shape[:2]
+    boxes = []
+    for face in faces:
+        x, y, w, h = face.box
+        pad = _style(w)[1]  # the drawn box's stroke
+        boxes.append((x - pad, y - pad, x + w + pad, y + h + pad))
+    placed: list[tuple[int, int, int, int]] = []
+    for k, face in enumerate(faces):
+        x0, y0, x1, y1 = boxes[k]
+        font, thick = _style(face.box[2])
+        sizes = [_text_size(s, font, thick) for s in _label_lines(face)]
+        w = max((s[0] for s in sizes), default=0)
+        h = sum(s[1] + s[2] for s in sizes)
+        candidates = []
+        for top in (y0 - 1 - h, y1 + 1):  # above, then below
+            fits = top >= 0 and top + h <= height
+            for left in (x0, (x0 + x1 - w) / 2, x1 - w):  # left-aligned, centred, right-aligned
+                left = min(max(0, left), max(0, width - w))
+                top_in = min(max(0, top), max(0, height - h))
+                rect = (int(round(left)), int(round(top_in)), int(round(left)) + w, int(round(top_in)) + h)
+                others = sum(_overlap(rect, b) for i, b in enumerate(boxes) if i != k)
+                score = (others, 0 if fits else 1, _overlap(rect, boxes[k]), sum(_overlap(rect, p) for p in placed))
+                candidates.append((score, len(candidates), rect))
+        placed.append(min(candidates)[2])
+    return placed
+
+
 def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
     """A BGR copy of ``image`` with every face's number (its place in ``faces``), box and top-3 expressions,
-    the text sized to the face."""
+    the text sized to the face and placed by :func:`label_rectangles` (above the box when there is room, never
+    over another face when that can be avoided)."""
     out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
 
     def text(s: str, origin: tuple[int, int], font: float, thick: int) -> None:
@@ -160,13 +267,15 @@ def annotate(image: np.ndarray, faces: list[Face]) -> np.ndarray:
 
     for k, face in enumerate(faces):
         x, y, w, h = (int(round(v)) for v in face.box)
-        font = min(1.5, max(0.4, w / 160))  # about 9 px high at 0.4, readable on a 72-px face
-        thick = max(1, int(round(1.5 * font)))
-        line = int(24 * font)
+        font, thick = _style(face.box[2])
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 255), thick)
-        text(str(k), (x + 3, y + line), font * 1.2, thick)
-        for i, (name, p) in enumerate(face.top()):
-            text(f"{name} {p:.2f}", (x, y + h + (i + 1) * line), font, thick)
+        text(str(k), (x + 3, y + int(24 * font)), font * 1.2, thick)
+    for face, (left, top, _, _) in zip(faces, label_rectangles(faces, image.shape)):
+        font, thick = _style(face.box[2])
+        for s in _label_lines(face):
+            _, above, below = _text_size(s, font, thick)
+            text(s, (left, top + above), font, thick)
+            top += above + below
     return out
 
 

@@ -119,6 +119,17 @@ def _by_setting(records: list[dict]) -> list[list[dict]]:
     return list(groups.values())
 
 
+def _run_cells(group: list[dict]) -> list[str]:
+    """The columns every table ends with: epochs, images/s, minutes, seeds and the runs' records."""
+    return [
+        ", ".join(_epochs(x) for x in group),
+        ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group),
+        ", ".join(_minutes(x) for x in group),
+        ", ".join(str(x.get("seed")) for x in group),
+        "<br>".join(_link(x) for x in group),
+    ]
+
+
 def supervised_section(records: list[dict]) -> list[str]:
     rows = []
     for group in _by_setting(records):
@@ -131,11 +142,7 @@ def supervised_section(records: list[dict]) -> list[str]:
                 _seeds_summary(group, lambda x: _eval(x, "supervised")),
                 _seeds_summary(group, lambda x, t=tta: _eval(x, f"supervised+{t}")) + (f" ({tta})" if tta else ""),
                 f"{_mean(_eval(x, 'supervised', key='macro_f1') for x in group):.3f}",
-                ", ".join(_epochs(x) for x in group),
-                ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group),
-                ", ".join(_minutes(x) for x in group),
-                ", ".join(str(x.get("seed")) for x in group),
-                "<br>".join(_link(x) for x in group),
+                *_run_cells(group),
             ]
         )
     header = ["network", "optimiser, lr", "accuracy", "with TTA", "macro-F1", "epochs", "images/s", "minutes"]
@@ -161,6 +168,26 @@ def representation_section(records: list[dict]) -> list[str]:
         )
     header = ["method", "network", "linear probe", "kNN (k = 20)", "epochs", "images/s", "minutes", "seeds", "runs"]
     return _table(header, rows)
+
+
+def regions_section(records: list[dict]) -> list[str]:
+    """FRA's regions against the landmarks (``region_awareness`` in a record): each query's favoured landmark
+    group and its lift over a uniform map, for the soft heatmaps and the hard partition."""
+    rows = []
+    for r in records:
+        for where, tables in (r.get("region_awareness") or {}).items():
+            for kind in ("soft", "hard"):
+                queries = [(q, row) for q, row in tables[kind].items() if not q.startswith("uniform")]
+                cells = ", ".join(
+                    "unused" if row["lift"] is None else f"{row['top group']} ×{row['lift']:.2f}" for _, row in queries
+                )
+                rows.append([r.get("method"), r.get("seed"), where, kind, cells, _link(r)])
+    if not rows:
+        return []
+    lines = ["Where FRA's regions sit (each query's landmark group with the most of its mass, and how many times a "
+             "uniform map's share that is; `soft`: the heatmaps that pool the regions, `hard`: the positions each "
+             "query wins):", ""]  # fmt: skip
+    return lines + _table(["method", "seed", "split", "maps", "queries: top group ×lift", "run"], rows)
 
 
 def label_section(records: list[dict]) -> list[str]:
@@ -196,11 +223,7 @@ def ferplus_section(records: list[dict]) -> list[str]:
                 start,
                 _seeds_summary(group, lambda x: _eval(x, "supervised")),
                 f"{_mean(_eval(x, 'supervised', key='macro_f1') for x in group):.3f}",
-                ", ".join(_epochs(x) for x in group),
-                ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group),
-                ", ".join(_minutes(x) for x in group),
-                ", ".join(str(x.get("seed")) for x in group),
-                "<br>".join(_link(x) for x in group),
+                *_run_cells(group),
             ]
         )
         for x in group:

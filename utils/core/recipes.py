@@ -69,6 +69,8 @@ def load_recipe(method: str, name: str = "auto", device=None, quick: bool = Fals
     is not a recipe."""
     import yaml
 
+    if name == "auto" and not (RECIPE_DIR / method).is_dir():  # a method with no settings to choose (the floors)
+        return Recipe(method, "none", RECIPE_DIR / method, {"MODEL": {}, "TRAIN": {}}, "no recipe: its defaults")
     if name == "auto":
         name = auto_name(device, quick)
     path = recipe_path(method, name)

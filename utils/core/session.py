@@ -39,10 +39,23 @@ class Notebook:
     train: dict = field(default_factory=dict)
     dataset: object = None
     prepared: object = None
+    namespace: dict = field(default_factory=dict, repr=False)
 
     @property
     def device(self):
         return self.session.device
+
+    def read(self, **options):
+        """The same dataset read again with other reader options (FERPlus: another label ``mode``), split and
+        prepared as :func:`begin` did (the faces come from the same cache)."""
+        from utils.data import ensure_val_split, load_dataset_or_sample
+        from utils.data.faces import prepare as prepare_faces
+        from utils.data.faces import remembered_config
+
+        dataset, _ = load_dataset_or_sample(self.namespace["DATASET"], self.namespace["DATA_PATH"], **options)
+        dataset = ensure_val_split(dataset, seed=self.session.seed)
+        name = "fer2013" if dataset.name == "ferplus" else dataset.name
+        return prepare_faces(dataset, remembered_config(name), progress=False)
 
 
 def begin(
@@ -77,7 +90,7 @@ def begin(
     enter_repository()
     seed = int(namespace.get("SEED", 0))
     session = setup(seed=seed)
-    nb = Notebook(session, session.quick)
+    nb = Notebook(session, session.quick, namespace=namespace)
     if read:
         dataset, on_sample = load_dataset_or_sample(namespace["DATASET"], namespace["DATA_PATH"], **options)
         nb.quick = session.quick or on_sample

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .affectnet import read_affectnet
 from .base import SPLITS, DatasetError, FaceDataset, Problem, read_image
-from .export import export_image_folders, imagefolder_to_canonical
 from .ckplus import read_ckplus
+from .export import export_image_folders, imagefolder_to_canonical
 from .fer2013 import ferplus_distribution, read_fer2013, read_ferplus
 from .jaffe import read_jaffe
 from .rafdb import read_rafdb
@@ -56,7 +56,7 @@ def load_dataset_or_sample(name: str, path, quick: bool | None = None, **options
         except DatasetError as e:
             reason = (
                 f"DATASET NOT FOUND: {e}\n"
-                f"Falling back to the bundled SYNTHETIC sample ({SAMPLE_DIR}), with quick settings.\n"
+                "Falling back to the bundled SYNTHETIC sample (data/sample), with quick settings.\n"
                 "Results on it say nothing about real faces. See data/README.md for where datasets go."
             )
     banner(reason)

@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 
 from utils.core import cache
+from utils.core.runtime import DATA_DIR, show_progress
 from utils.data.base import DatasetError, FaceDataset, Problem, read_image
 from utils.data.labels import class_names
-from utils.core.runtime import DATA_DIR, show_progress
 
 NUM_LANDMARKS = 68
 RIGHT_EYE = slice(36, 42)  # the subject's right eye, on the image's left (iBUG 300-W numbering)
@@ -669,3 +669,111 @@ def merge(base: PreparedFaces, *extra: PreparedFaces, drop_extra_classes: bool =
         soft_labels=soft,
         problems=[q for p in kept for q in p.problems],
     )
+
+
+# ------------------------------------------------------------------------------ a look inside (notebook 01)
+
+
+def preparation_steps(
+    dataset: FaceDataset, config: FaceConfig | None = None, count: int = 6, seed: int = 0, detectors=("haar", "dlib")
+) -> list[dict]:
+    """The steps of :meth:`FacePreprocessor.process` on ``count`` images drawn at random, for a figure
+    (:func:`utils.evaluation.plots.preparation_steps`).
+
+    Returns:
+        One dict per image: ``row``, ``label``, ``image`` (as read), ``boxes`` (``{detector: (x, y, w, h) in
+        source pixels, or None}`` for each of ``detectors`` at ``config.upscale``), ``landmarks`` (68, in
+        source pixels: the dataset's own when it ships them, else predicted in the box of ``config.detector``,
+        or in the fallback box when it finds none; None without either), ``face`` and ``face_landmarks`` (what
+        :func:`prepare` keeps: aligned, in output pixels) and ``found``.
+    """
+    config = config or FaceConfig()
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(dataset), size=min(count, len(dataset)), replace=False))
+    finders = {d: FacePreprocessor(replace(config, detector=d, landmarks=False, align=False)) for d in detectors}
+    full = FacePreprocessor(config)
+    out = []
+    for row in rows.tolist():
+        image = dataset.image(row, "rgb" if config.color == "rgb" else "gray")
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        boxes = {d: pre.detect(gray, pre.detection_scale(*gray.shape))[0] for d, pre in finders.items()}
+        given = None if dataset.landmarks is None else dataset.landmarks[row]
+        landmarks = given if given is not None and np.isfinite(given).all() else None
+        if landmarks is None and config.landmarks:
+            scale = full.detection_scale(*gray.shape)
+            box, work = full.detect(gray, scale) if config.detector != "none" else (None, None)
+            if box is None and config.fallback_box is not None:
+                h, w = gray.shape
+                box = np.array(config.fallback_box) * [w, h, w, h]
+            if box is not None:
+                work = work if work is not None else cv2.resize(gray, None, fx=scale, fy=scale)
+                landmarks = full.predict_landmarks(work, box, scale)
+        face, face_landmarks, found = full.process(image, given)
+        label = int(dataset.table["label"].iloc[row])
+        out.append(
+            {
+                "row": row,
+                "label": class_names(dataset.num_classes)[label],
+                "image": image,
+                "boxes": boxes,
+                "landmarks": landmarks,
+                "face": face,
+                "face_landmarks": face_landmarks,
+                "found": bool(found),
+            }
+        )
+    return out
+
+
+def preparation_summary(prepared: PreparedFaces) -> str:
+    """What :func:`prepare` did, in three lines: computed or loaded from the cache, the share of faces detected
+    and with landmarks, and the unreadable images skipped (named, when there are any)."""
+    stats = prepared.detection_stats()
+    how = "loaded from the cache (data/cache/)" if prepared.loaded_from_cache else "computed and cached"
+    lines = [
+        f"{prepared}: {how}",
+        f"face detected: {stats['face_found']:.1%}   landmarks: {stats['landmarks']:.1%}",
+        f"{len(prepared.problems)} unreadable images skipped" + "".join(f"\n  {p}" for p in prepared.problems[:10]),
+    ]
+    return "\n".join(lines)
+
+
+def reading_summary(dataset: FaceDataset) -> str:
+    """What a reader skipped or left out of ``dataset``: bad rows or files (the first ten named) and images its own
+    rules exclude, counted."""
+    lines = [f"{len(dataset.problems)} bad rows or files skipped"]
+    lines += [f"   {problem}" for problem in dataset.problems[:10]]
+    lines += [f"excluded by the dataset's own rules: {count} ({reason})" for reason, count in dataset.excluded.items()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- photos to try (notebook 07)
+
+
+def synthetic_group_photo(expressions=(3, 5, 6), seed: int = 3, size: int = 96) -> np.ndarray:
+    """A grey "group photo" of synthetic faces (:func:`utils.data.sample.draw_face`) showing ``expressions``
+    (canonical ids; by default happy, surprise, neutral), side by side on a plain background with room above
+    and below each face for its label. Nothing to download, and safe to ship."""
+    from utils.data.sample import draw_face
+
+    rng = np.random.default_rng(seed)
+    gap, margin = size // 3, size
+    canvas = np.full((size + 2 * margin, len(expressions) * (size + gap) + gap), 128, dtype=np.uint8)
+    for k, expression in enumerate(expressions):
+        x, y = gap + k * (size + gap), margin + int(rng.integers(-size // 8, size // 8 + 1))
+        canvas[y : y + size, x : x + size] = draw_face(int(expression), rng, size=size)[0]
+    return canvas
+
+
+def uploaded_image(value) -> np.ndarray | None:
+    """The photo in an ``ipywidgets.FileUpload``'s ``value`` (ipywidgets 8: a tuple of files; 7: a dict by
+    name) as uint8 RGB, upright as its EXIF orientation says; None when nothing was uploaded."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    if not value:
+        return None
+    item = value[0] if isinstance(value, (list, tuple)) else next(iter(value.values()))
+    with Image.open(io.BytesIO(bytes(item["content"]))) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))

@@ -245,3 +245,118 @@ def newest_pretrained(
         if matches(r) and newer:
             chosen[r["method"]] = r
     return {m: chosen[m] for m in inits if m in chosen}
+
+
+# ------------------------------------------------------------------------------- notebook 08, step by step
+
+FLOORS = ("random-init", "raw-pixels")  # start points made here when missing (they take seconds)
+
+
+def subset_counts(prepared, fractions, seed: int = 0):
+    """Training images per class that each fraction keeps (:func:`labelled_subset`): a row per fraction
+    (``"10 %"``), a column per class and ``total``."""
+    import pandas as pd
+
+    rows = {}
+    for fraction in fractions:
+        subset = labelled_subset(prepared, fraction, seed)
+        labels = np.asarray(subset.labels[subset.splits == "train"], dtype=np.int64)
+        rows[f"{100 * float(fraction):g} %"] = np.bincount(labels, minlength=len(prepared.classes))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(prepared.classes))
+    return table.assign(total=table.sum(axis=1))
+
+
+def start_points(
+    prepared, inits, encoder, seed: int = 0, pretrained: dict | None = None, checkpoint_dir=None, device=None, **kwargs
+) -> dict:
+    """``{method: Run}``, loaded: what each of ``inits`` starts from.
+
+    The floors (``random-init``, ``raw-pixels``) are made for ``encoder`` when ``inits`` has them and they are
+    missing; every other method's start point is its newest finished run on ``prepared`` with ``encoder``'s
+    backbone, input, stem and width and ``seed`` (:func:`newest_pretrained`), or the run folder ``pretrained``
+    names for it (``{method: folder in checkpoint_dir}``). Methods without a run are missing from the result
+    (in the order of ``inits``, then of ``pretrained``). ``kwargs`` go to :func:`utils.core.runs.run` for the
+    floors (``progress=False``).
+    """
+    from utils.core import runs
+    from utils.core.runtime import CHECKPOINT_DIR
+    from utils.methods.floors import floors
+
+    root = Path(checkpoint_dir) if checkpoint_dir is not None else CHECKPOINT_DIR
+    if any(m in FLOORS for m in inits):
+        floors(prepared, encoder, seed=seed, checkpoint_dir=root, **kwargs)
+    e = encoder
+    records = runs.load_records(root)
+    chosen = newest_pretrained(records, prepared.name, inits, e.backbone, e.channels, seed, e.stem_stride, e.width)
+    folders = {m: r["run_dir"] for m, r in chosen.items()} | dict(pretrained or {})
+    order = [*inits, *(m for m in (pretrained or {}) if m not in inits)]
+    return {m: runs.load_run(root / folders[m], device) for m in order if m in folders}
+
+
+def start_point_table(start: dict):
+    """One row per start point (:func:`start_points`): its pretraining minutes, its linear probe's accuracy on
+    val with every training label, and its run folder."""
+    import pandas as pd
+
+    rows = []
+    for method, run in start.items():
+        linear = run.record.get("evaluations", {}).get("linear", {}).get("val", {})
+        minutes = round(run.record.get("train_seconds", 0) / 60, 1)
+        rows.append([method, minutes, linear.get("accuracy"), run.run_dir.name])
+    return pd.DataFrame(rows, columns=["init", "pretraining minutes", "linear, all labels", "run"])
+
+
+def probe_and_finetune(
+    start: dict,
+    prepared,
+    fractions,
+    seed: int = 0,
+    train=None,
+    min_epoch_share: float = 0.1,
+    smoke: bool = False,
+    device=None,
+    **kwargs,
+) -> set[str]:
+    """Notebook 08's protocol over its start points (:func:`start_points`): at every fraction the probes of
+    each (:func:`probe_with_labels`) and, with ``train`` (a :class:`~utils.core.engine.TrainConfig`; None:
+    probes only), a fine-tune of each that has a backbone to fine-tune (raw pixels have none), all with the
+    same settings (:func:`finetune_with_labels`). Finished probes and fine-tunes are loaded.
+
+    ``smoke`` (quick mode): the probes are real, but each start point is fine-tuned at the first fraction
+    only, for 2 steps, to show that it runs (a smoke test: tables leave it out). ``kwargs`` go to
+    :func:`utils.core.runs.finetune` (``checkpoint_dir``, ``progress``).
+
+    Returns:
+        the folder names of the runs used (start points and fine-tunes): the rows a notebook shows.
+    """
+    used = {run.run_dir.name for run in start.values()}
+    for i, fraction in enumerate(fractions):
+        for run in start.values():
+            probe_with_labels(run, prepared, fraction, seed=seed, device=device)
+        if train is None or (smoke and i > 0):
+            continue
+        for run in start.values():
+            if run.backbone_path.is_file():
+                steps = {"steps_per_epoch": 2} if smoke else {}
+                tuned = finetune_with_labels(run, prepared, fraction, train, min_epoch_share, **steps, **kwargs)
+                used.add(tuned.run_dir.name)
+    return used
+
+
+def shown(records: list[dict], dataset: str, folders, fractions, seed: int):
+    """:func:`label_efficiency_table` restricted to the runs ``folders`` (what :func:`probe_and_finetune`
+    used), the ``fractions`` asked for and ``seed`` (raw pixels' probes, which have no seed, hold every seed)."""
+    table = label_efficiency_table(records, dataset)
+    if table.empty:
+        return table
+    keep = table["run"].isin(set(folders)) & table["fraction"].isin(list(fractions))
+    keep &= table["seed"].isna() | (table["seed"] == seed)
+    return table[keep].reset_index(drop=True)
+
+
+def accuracy_grid(table):
+    """Mean accuracy (over seeds) per start point (rows: init, variant, setting) and protocol and fraction
+    (columns), from :func:`label_efficiency_table` or :func:`shown`."""
+    return pooled(table).pivot_table(
+        index=["init", "variant", "setting"], columns=["protocol", "fraction"], values="accuracy"
+    )

@@ -429,3 +429,224 @@ def label_efficiency(table, title: str = ""):
     fig.suptitle(title or "accuracy against the share of training labels (dots: single runs)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_size_inches()[0], 1))
     return fig
+
+
+def fra_regions(fra, prepared, aware: dict, count: int = 6, seed: int = 0):
+    """FRA's regions on ``count`` validation faces: the partition its relation loss trains (the query that wins
+    each position), and each query's soft heatmap, titled with the landmark group it favours most and its lift
+    (``aware``: :func:`utils.evaluation.regions.region_awareness`). Returns the two figures."""
+    import torch
+
+    rows, landmarks, soft = aware["rows"], aware["landmarks"], aware["heatmaps"]
+    shown = np.random.default_rng(seed).choice(len(rows), min(count, len(rows)), replace=False)
+    images = prepared.images[rows[shown]]
+    device = next(fra.parameters()).device
+    partition = fra.region_partition(torch.from_numpy(images[:, None]).float().to(device) / 255).cpu()
+
+    def labels(table):
+        return [
+            f"q{q}: {g} x{lift:.1f}" for q, (g, lift) in enumerate(zip(table["top group"][:-1], table["lift"][:-1]))
+        ]
+
+    hard = region_partition(images, partition, landmarks[shown], labels(aware["hard"]),
+                            "FRA: the query that wins each position (hard partition)")  # fmt: skip
+    heat = region_overlays(images, soft[shown], landmarks[shown], labels(aware["soft"]),
+                           "FRA: each query's soft heatmap (what pools its region)")  # fmt: skip
+    return hard, heat
+
+
+def confusion_matrices(trained: dict, split: str = "val", protocol: str = "supervised"):
+    """The confusion matrix of every classifier run in ``trained`` (``{label: Run}``), side by side, for the
+    evaluation ``protocol`` (``supervised``, or ``supervised+tencrop`` for the test-time-augmented one; a run
+    without it shows its plain one)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(trained), figsize=(4.3 * len(trained), 4.0), squeeze=False)
+    for ax, (label, run) in zip(axes[0], trained.items()):
+        evaluations = run.record["evaluations"]
+        m = evaluations.get(protocol, evaluations["supervised"])[split]
+        smoke = " (smoke test)" if run.record.get("steps_per_epoch_cap") else ""
+        confusion_matrix(m, f"{label}{smoke}: accuracy {m['accuracy']:.3f}", ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def ran_shares(run, prepared, rows, condition: str = "eyes"):
+    """RAN's regions on the faces ``rows`` of ``prepared`` with each region's share of the pooled face written
+    in its box, clean and under ``condition`` (an occlusion of :mod:`utils.evaluation.robustness`). Returns the
+    two figures."""
+    import torch
+
+    from utils.evaluation import robustness
+
+    net = run.method.net.eval()
+    images = torch.from_numpy(prepared.images[rows][:, None])
+    masks = robustness.occlusion_masks(prepared.landmarks[rows], prepared.images.shape[1], condition)
+    figures = []
+    for label, batch in (("clean", images), (f"{condition} hidden", robustness.occlude(images, masks))):
+        shares = robustness.region_shares(net, batch).cpu().numpy()
+        figures.append(
+            crop_boxes(
+                batch[:, 0].numpy(),
+                net.boxes.cpu().numpy(),
+                run.method.crop_names,
+                shares,
+                title=f"RAN: each region's share of the pooled face, {label}",
+            )  # fmt: skip
+        )
+    return figures
+
+
+def preparation_steps(steps: list[dict], title: str = ""):
+    """Each face's way through the preprocessing, from :func:`utils.data.faces.preparation_steps`: top, the
+    image as read with each detector's box, the 68 landmarks and the line through the eye centres; bottom,
+    the face as kept (aligned: the eye line level at the template height, dotted), with its landmarks."""
+    from utils.data.faces import EYE_MID, LEFT_EYE, RIGHT_EYE
+
+    plt = _plt()
+    colours = {"haar": "deepskyblue", "dlib": "lime"}
+    fig, axes = plt.subplots(2, len(steps), figsize=(1.75 * len(steps), 4.8), squeeze=False)
+    for j, step in enumerate(steps):
+        top, bottom = axes[0, j], axes[1, j]
+        top.imshow(step["image"], cmap="gray", vmin=0, vmax=255)
+        height, width = step["image"].shape[:2]
+        for k, (detector, box) in enumerate(step["boxes"].items()):
+            if box is not None:
+                x, y, w, h = box
+                style = ("-", "--")[k % 2]
+                top.add_patch(plt.Rectangle((x, y), w, h, fill=False, ec=colours.get(detector, f"C{k}"), ls=style))
+        found = ", ".join(d for d, b in step["boxes"].items() if b is not None) or "no detector"
+        top.set_title(f"{step['label']}\nfound by: {found}", fontsize=7)
+        for ax, points in ((top, step["landmarks"]), (bottom, step["face_landmarks"])):
+            if points is not None and np.isfinite(points).all():
+                ax.scatter(*np.asarray(points).T, s=2, c="orange", linewidths=0)
+                eyes = np.array([np.mean(points[RIGHT_EYE], axis=0), np.mean(points[LEFT_EYE], axis=0)])
+                ax.plot(*eyes.T, "-", color="red", lw=1)
+        top.set(xlim=(-0.5, width - 0.5), ylim=(height - 0.5, -0.5))  # the image, whatever sticks out of it
+        bottom.imshow(step["face"], cmap="gray", vmin=0, vmax=255)
+        size = step["face"].shape[0]
+        bottom.axhline(EYE_MID[1] * size, color="white", ls=":", lw=0.8)
+        bottom.set_title(f"kept ({size}x{size})", fontsize=7)
+        bottom.set(xlim=(-0.5, size - 0.5), ylim=(size - 0.5, -0.5))
+        top.axis("off")
+        bottom.axis("off")
+    fig.suptitle(
+        title
+        or "as read, with the boxes (blue: Haar, green: dlib), landmarks and eye line (red); below: the face kept,"
+        "\naligned so that the eye line lies level at the template height (dotted)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def best_runs(best, split: str = "val", titles: dict | None = None):
+    """Accuracy and macro-F1 of the best run of each method and protocol, from
+    :func:`utils.evaluation.tables.best_runs`: one panel per source (``titles``: ``{source: panel title}``)
+    when the table has a ``source`` column, the weakest at the bottom."""
+    plt = _plt()
+    parts = list(best.groupby("source", sort=False)) if "source" in best.columns else [(None, best)]
+    heights = [max(len(part), 1) for _, part in parts]
+    fig, axes = plt.subplots(
+        len(parts),
+        1,
+        figsize=(7.5, 0.32 * sum(heights) + 0.9 * len(parts)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (source, part) in zip(axes[:, 0], parts):
+        labels = [f"{m} · {p}" for m, p in zip(part["method"], part["protocol"])]
+        y = np.arange(len(part))
+        ax.barh(y, part["accuracy"], color="tab:blue", label="accuracy")
+        ax.barh(y, part["macro_f1"], color="tab:orange", height=0.4, label="macro-F1")
+        for k, acc in enumerate(part["accuracy"]):
+            ax.text(acc + 0.005, k, f"{acc:.3f}", va="center", fontsize=7)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title((titles or {}).get(source, source or ""), fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel(f"{split} split")
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    smoke = best.attrs.get("smoke_tests")
+    if smoke:
+        fig.text(0.01, 0.005, f"left out: {smoke} evaluations of smoke tests (2 steps per epoch)", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _budget_panel(ax, table, protocol: str) -> None:
+    """:func:`budget_curve` drawn on ``ax``."""
+    plt = _plt()
+    column = f"{protocol}_accuracy"
+    table = table.dropna(subset=[column])
+    floors = table[table["method"].isin(FLOOR_METHODS)]
+    runs = table[~table["method"].isin(FLOOR_METHODS)]
+    for i, ((method, variant), group) in enumerate(runs.groupby(["method", "variant"], sort=True)):
+        color = f"C{i}"
+        ax.scatter(group["pretrain_minutes"], group[column], color=color, s=18, alpha=0.6)
+        means = group.groupby("setting")[[column, "pretrain_minutes"]].mean().sort_values("pretrain_minutes")
+        label = f"{method} ({variant})" if variant else method
+        ax.plot(means["pretrain_minutes"], means[column], "-o", color=color, markersize=4, label=label)
+    for j, (method, group) in enumerate(floors.groupby("method", sort=True)):
+        ax.axhline(group[column].mean(), color="0.35", ls=("--", ":")[j % 2], lw=1, label=f"floor: {method}")
+    ax.set_xlabel("pretraining time (minutes)", fontsize=8)
+    ax.set_ylabel(("kNN" if protocol == "knn" else protocol) + " accuracy", fontsize=8)
+    ax.set_xlim(0, 1.08 * max(1.0, float(runs["pretrain_minutes"].max()) if len(runs) else 1.0))
+    ax.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0, decimals=1))
+    ax.grid(alpha=0.3)
+
+
+def budget_curves(table, titles: dict | None = None, protocols=("linear", "knn")):
+    """:func:`budget_curve` for each protocol side by side, one row of panels per source (``titles``:
+    ``{source: row title}``) when the table (:func:`utils.evaluation.tables.probe_table`) has a ``source``
+    column; the legend of each row on its right."""
+    plt = _plt()
+    parts = list(table.groupby("source", sort=False)) if "source" in table.columns else [(None, table)]
+    fig, axes = plt.subplots(len(parts), len(protocols), figsize=(10, 3.3 * len(parts)), squeeze=False)
+    for row, (source, part) in zip(axes, parts):
+        for ax, protocol in zip(row, protocols):
+            _budget_panel(ax, part, protocol)
+            name = {"knn": "kNN (k = 20)", "linear": "linear probe"}.get(protocol, protocol)
+            ax.set_title(f"{(titles or {}).get(source, source or '')}\n{name}", fontsize=8, loc="left")
+        row[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def label_efficiency_by_source(table, titles: dict | None = None) -> list:
+    """:func:`label_efficiency` for each source of a table of
+    :func:`utils.evaluation.tables.label_efficiency_by_source`, titled by ``titles`` (``{source: title}``)."""
+    return [
+        label_efficiency(part.drop(columns="source"), (titles or {}).get(source, source))
+        for source, part in table.groupby("source", sort=False)
+    ]
+
+
+def photo_predictions(image, faces, classes, title: str = ""):
+    """A photo with each face's number, box and top-3 expressions (:func:`utils.predict.annotate`), beside
+    every class's probability for each face, bars in the faces' numbering order."""
+    from utils.predict import annotate
+
+    plt = _plt()
+    height, width = image.shape[:2]
+    fig, (ax_image, ax_bars) = plt.subplots(
+        1, 2, figsize=(11, max(3.2, 6.5 * height / width)), gridspec_kw={"width_ratios": [2.2, 1]}
+    )
+    ax_image.imshow(annotate(image, faces)[..., ::-1])
+    ax_image.axis("off")
+    bar = 0.8 / max(len(faces), 1)
+    y = np.arange(len(classes))
+    for k, face in enumerate(faces):
+        probabilities = [face.probabilities[c] for c in classes]
+        ax_bars.barh(y - 0.4 + (k + 0.5) * bar, probabilities, height=bar, color=f"C{k % 10}", label=f"face {k}")
+    ax_bars.set_yticks(y, classes, fontsize=8)
+    ax_bars.invert_yaxis()  # the first class on top, as in the labels
+    ax_bars.set_xlim(0, 1)
+    ax_bars.set_xlabel("probability", fontsize=8)
+    if faces:
+        ax_bars.legend(fontsize=7, loc="lower right")
+    else:
+        ax_bars.text(0.5, 0.5, "no face found", ha="center", va="center", transform=ax_bars.transAxes)
+    fig.suptitle(title or "every face found, aligned as in training, and what the run says of each", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -95,3 +95,57 @@ def region_table(shares: dict):
     table["lift"] = np.where(used, lift.max(axis=1), np.nan)  # a query that wins no position has no group
     uniform_row = pd.DataFrame([[*uniform, "", 1.0]], columns=table.columns, index=["uniform map"])
     return pd.concat([table, uniform_row])
+
+
+def region_awareness(fra, prepared, split: str = "val", device=None, batch_size: int = 512) -> dict:
+    """Whether a FRA network's regions sit on parts of the face, measured against the 68 landmarks of the
+    ``split`` faces that have them, without labels.
+
+    Returns:
+        ``{"soft": table, "hard": table, "rows": faces' rows in prepared, "heatmaps": soft maps (N, Q, h, w),
+        "landmarks": (N, 68, 2)}``; a table (:func:`region_table`) gives each query's share of its mass (soft:
+        the heatmaps that pool the regions) or of the positions it wins (hard: the partition the relation loss
+        trains) per landmark group, its top group and ``lift``, how far that exceeds a uniform map's share.
+    """
+    from utils.core.loader import face_tensors
+
+    device = device if device is not None else next(fra.parameters()).device
+    fra = fra.eval()
+    data = face_tensors(prepared, split, fra.config.channels, device)
+    found = np.flatnonzero(np.isfinite(prepared.landmarks[data.index]).all(axis=(1, 2)))
+    landmarks = prepared.landmarks[data.index][found]
+    batches = [data.x[i : i + batch_size].float() / 255 for i in range(0, len(data), batch_size)]
+    soft = np.concatenate([fra.region_heatmaps(x).cpu().numpy() for x in batches])[found]
+    hard = np.concatenate([fra.region_heatmaps(x, hard=True).cpu().numpy() for x in batches])[found]
+    size = prepared.images.shape[1]
+    return {
+        "soft": region_table(group_shares(soft, landmarks, size)),
+        "hard": region_table(group_shares(hard, landmarks, size, per_image=False)),
+        "rows": data.index[found],
+        "heatmaps": soft,
+        "landmarks": landmarks,
+    }
+
+
+def record_region_awareness(run, prepared, split: str = "val", device=None) -> dict:
+    """:func:`region_awareness` of a finished FRA run, its tables added to the run's ``metrics.json`` under
+    ``region_awareness["<dataset>/<split>"]`` (``{"soft": {query: {group share..., "top group", "lift"}},
+    "hard": ...}``) and returned with the heatmaps (as :func:`region_awareness`)."""
+    from pathlib import Path
+
+    from utils.core.runs import finished, write_record
+
+    aware = region_awareness(run.method, prepared, split, device)
+    record = finished(run.run_dir) or dict(run.record)
+    tables = {kind: json_ready(aware[kind]) for kind in ("soft", "hard")}
+    record.setdefault("region_awareness", {})[f"{prepared.name}/{split}"] = tables
+    write_record(Path(run.run_dir), {k: v for k, v in record.items() if k != "run_dir"})
+    run.record = record
+    return aware
+
+
+def json_ready(table) -> dict:
+    """A DataFrame as ``{row: {column: value}}`` with plain Python values (JSON)."""
+    import json
+
+    return json.loads(table.to_json(orient="index"))

@@ -116,10 +116,18 @@ def evaluate(run, prepared, split: str = "val", device=None, seed: int = 0, tta:
 
     Args:
         run: a :class:`~utils.core.runs.Run` of a classifier (supervised, fine-tuned, RAN).
-        prepared: the :class:`~utils.data.faces.PreparedFaces` it was trained on (the same face settings).
+        prepared: :class:`~utils.data.faces.PreparedFaces` prepared with the run's face settings: the ones it
+            was trained on, or another dataset's. When the dataset's classes differ from the run's, only the
+            classes both have are scored (as ``utils.evaluate`` does): images of the others are left out and
+            the predictions are renormalised over the shared classes.
+        split: the split evaluated.
+        device: where to run the model (default: the best available).
+        seed: places the random squares.
+        tta: test-time augmentation (``utils.evaluation.metrics.TTA_MODES``).
 
     Returns:
-        A DataFrame, one row per condition, with ``n`` the images evaluated.
+        A DataFrame, one row per condition (``clean``, each of :data:`OCCLUSIONS`, ``frontal``, ``strong
+        yaw``), with ``n`` the images evaluated.
     """
     import pandas as pd
 
@@ -130,13 +138,26 @@ def evaluate(run, prepared, split: str = "val", device=None, seed: int = 0, tta:
     model = run.method.to(device).classifier().eval()
     amp = amp_dtype(device, run.record.get("config", {}).get("train", {}).get("amp", True))
     channels = run.method.config.channels
+    ours, theirs = list(run.method.spec.classes), list(prepared.classes)
+    shared = [c for c in ours if c in theirs]
+    if not shared:
+        raise ValueError(f"the run's classes {ours} and {prepared.name}'s {theirs} have none in common")
+    columns = [ours.index(c) for c in shared]
+    to_shared = np.array([shared.index(c) if c in shared else -1 for c in theirs])  # dataset label -> shared
     rows = []
     for name, (data, note) in conditions(prepared, split, channels, seed).items():
+        if ours != theirs:
+            data = data.subset(np.flatnonzero(to_shared[data.y.cpu().numpy()] >= 0))
         if len(data) == 0:
             rows.append({"condition": name, "n": 0, "note": note})
             continue
         probs = predict(model, data.to(device), tta=tta, amp_dtype=amp)
-        m = classification_metrics(data.y.cpu().numpy(), probs, prepared.classes)
+        y = data.y.cpu().numpy()
+        if ours != theirs:
+            probs = probs[:, columns]
+            probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
+            y = to_shared[y]
+        m = classification_metrics(y, probs, shared)
         rows.append(
             {
                 "condition": name,
@@ -170,7 +191,8 @@ def attention_shift(run, prepared, split: str = "val", device=None, seed: int = 
 
     Returns:
         A DataFrame, one row per occlusion: the crop most covered, its share clean and occluded, the other
-        crops' mean share clean and occluded, and the whole face's share clean and occluded.
+        crops' mean share clean and occluded, and the whole face's share clean and occluded (NaN for an
+        occlusion placed by landmarks when no face of the split has them).
     """
     import pandas as pd
 
@@ -187,6 +209,9 @@ def attention_shift(run, prepared, split: str = "val", device=None, seed: int = 
     rows = []
     for name in OCCLUSIONS:
         keep = np.arange(len(data)) if name == "random square" else found
+        if len(keep) == 0:  # no face with landmarks to place it on: nothing measured
+            rows.append({"occlusion": name})
+            continue
         masks = occlusion_masks(landmarks[keep], size, name, seed)
         occluded = occlude(data.subset(keep).x, masks)
         # which crop each occlusion covers most, per image (crops only: region 0 is the whole face)

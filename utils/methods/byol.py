@@ -24,6 +24,10 @@ Choices for 48-px grey faces on a CPU (the paper: ResNet-50 at 224 px, LARS, bat
 - **Augmentation**: the same MoCo v2-style augmentation as MoCo v2 and HNCL (:data:`utils.core.augment.MOCO_V2_GREY`:
   crops of 20-100 % of the area, not BYOL's 8-100 %, which at 48 px leaves 14-px crops; no colour, no
   solarisation, on grey faces), so that the methods differ in their loss, not their views.
+- **The predictor's learning rate** can be a multiple of the rest's (``predictor_lr_scale``): Tian, Chen and
+  Ganguli ("Understanding Self-Supervised Learning Dynamics without Contrastive Pairs", ICML 2021) found that a
+  predictor learning faster than the encoder keeps BYOL from collapsing and helps short runs; SimSiam keeps
+  its predictor's learning rate fixed for the same reason.
 - **Optimiser**: the settings MoCo v2 and HNCL use here (SGD, lr 0.06 at batch 256 with warm-up and cosine,
   weight decay 1e-4, none on norms and biases; no LARS), so that the four methods differ in their loss only.
 """
@@ -55,6 +59,7 @@ class BYOLConfig(EncoderConfig):
             run too short for ``base_momentum`` to get there starts from a lower rate (None: ``base_momentum``
             whatever the run's length, as the paper).
         symmetric: both directions in every step (the paper), or one, at half the cost (see above).
+        predictor_lr_scale: the predictor's learning rate as a multiple of the rest's (the paper: 1).
         augment: the two views' augmentation.
     """
 
@@ -64,6 +69,7 @@ class BYOLConfig(EncoderConfig):
     base_momentum: float = 0.996
     random_start_share: float | None = None
     symmetric: bool = True
+    predictor_lr_scale: float = 1.0
     augment: AugmentConfig = field(default_factory=lambda: MOCO_V2_GREY)
 
 
@@ -103,6 +109,22 @@ class BYOL(Method):
         self.register_buffer("momentum", torch.tensor(c.base_momentum, dtype=torch.float64))  # current EMA rate
         # the base rate sized to the run (on_schedule); not saved: every fit, resumed or not, sizes it again
         self.register_buffer("base_momentum", torch.tensor(c.base_momentum, dtype=torch.float64), persistent=False)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The base class's groups, with the predictor's (and a subclass's predictors') learning rate scaled by
+        ``predictor_lr_scale``."""
+        scale = self.config.predictor_lr_scale
+        predictors = {id(p) for module in self.predictors() for p in module.parameters()}
+        groups = []
+        for group in super().param_groups(weight_decay):
+            mine = [p for p in group["params"] if id(p) in predictors]
+            rest = [p for p in group["params"] if id(p) not in predictors]
+            groups += [{**group, "params": rest}, {**group, "params": mine, "lr_scale": scale}]
+        return [g for g in groups if g["params"]]
+
+    def predictors(self) -> list[torch.nn.Module]:
+        """The modules that predict the target's output (their learning rate: ``predictor_lr_scale``)."""
+        return [self.predictor]
 
     def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
         """``(online, target)`` modules the EMA updates."""

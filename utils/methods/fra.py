@@ -189,6 +189,9 @@ class FRA(BYOL):
     def momentum_pairs(self):
         return [*super().momentum_pairs(), (self.region, self.target_region)]
 
+    def predictors(self):
+        return [*super().predictors(), self.region_predictor]
+
     def encode(self, x: torch.Tensor, target: bool = False) -> Encoded:
         """One view through the online (or target) encoder, projector and region branch."""
         encoder, projector, region = (
