@@ -31,7 +31,7 @@ import sys
 
 import torch
 
-from utils import distributed as dist_utils
+from utils.core import distributed as dist_utils
 from utils.core.engine import TrainConfig, fit
 from utils.core.loader import FaceTensors
 from utils.methods import InputSpec
@@ -175,8 +175,8 @@ import json, sys
 
 import torch
 
-from utils import distributed as dist_utils
-from utils import runs
+from utils.core import distributed as dist_utils
+from utils.core import runs
 from utils.data import load_dataset_or_sample
 from utils.core.engine import TrainConfig
 from utils.data.faces import FaceConfig, prepare

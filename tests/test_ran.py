@@ -269,7 +269,12 @@ def test_ran_weighs_the_face_and_its_crops():
     for crops, names in (("three", THREE_CROPS), ("fixed", FIXED_CROPS)):
         for regions_from in ("layer3", "image"):
             method = RAN(
-                RANConfig(stem_stride=4, crops=crops, regions_from=regions_from),
+                RANConfig(
+                    stem_stride=4,
+                    crops=crops,
+                    regions_from=regions_from,
+                    region_size=4 if regions_from != "image" else None,
+                ),
                 InputSpec(1, 1, tuple("abcdefg"), 48, 10),
             )
             logits, att = method.net.attend(torch.rand(3, 1, 48, 48))
@@ -279,6 +284,8 @@ def test_ran_weighs_the_face_and_its_crops():
         RANConfig(backbone="vgg19_bn", regions_from="layer3")
     with pytest.raises(ValueError, match="regions_from"):
         RANConfig(regions_from="layer4")
+    with pytest.raises(ValueError, match="region_size is a number of cells"):
+        RANConfig(regions_from="layer3", region_size=None)
 
 
 def test_regions_cut_from_a_stage_map_are_the_crops_they_stand_for():

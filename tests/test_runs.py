@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FRESH_PROCESS = r"""
 import json, sys
-from utils import runs
+from utils.core import runs
 from utils.data import load_dataset_or_sample
 from utils.data.faces import FaceConfig, prepare
 
