@@ -1,10 +1,14 @@
 """Train any method from a shell, or under ``torchrun`` on several processes, GPUs or machines:
 
-    python -m utils.train byol --dataset fer2013 data/fer2013 --set base_momentum=0.99 --train max_minutes=30
+    python -m utils.train byol                                    # the recipe for this machine (recipes/byol/)
+    python -m utils.train byol --recipe gpu --set base_momentum=0.99 --train max_minutes=30
+    python -m utils.train ran --dataset ferplus data/fer2013 --mode majority --init checkpoints/<run>
     torchrun --nproc_per_node 4 -m utils.train supervised --dataset fer2013 data/fer2013 --train epochs=30
 
-``--set`` gives the method's config fields (``python -m utils.train METHOD --show`` lists them with their
-defaults), ``--train`` the :class:`~utils.core.engine.TrainConfig` fields (the method's own defaults otherwise).
+``--recipe`` picks the settings (``auto``: ``cpu`` without CUDA, ``gpu`` with it, ``quick`` with FER_QUICK=1;
+or a recipe file), ``--set`` changes the method's config fields over it (``python -m utils.train METHOD --show``
+lists them), ``--train`` the :class:`~utils.core.engine.TrainConfig` fields; ``--init`` starts the network
+from a finished run's. A dataset path that does not exist is an error (the notebooks fall back to the sample).
 The run is the one the notebooks would make with the same settings: it is found again, resumes when
 interrupted, and lands in ``checkpoints/`` with its ``metrics.json``.
 """
