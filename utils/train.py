@@ -51,7 +51,9 @@ def main(argv=None) -> int:
         unknown = set(model) - {f.name for f in dataclasses.fields(methods.get(args.method).Config)}
         if unknown:
             raise ValueError(f"{args.method} has no field(s) {sorted(unknown)}")
-        config, train, overrides = method_settings(args.method, recipe, model, train_values)
+        # another method's recipe (the plain classifier with RAN's) gives only the settings this method has
+        strict = recipe.path.parent.name == args.method
+        config, train, overrides = method_settings(args.method, recipe, model, train_values, strict=strict)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

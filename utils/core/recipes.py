@@ -158,7 +158,7 @@ def method_settings(
     overrides = {
         "model": {k: (base_model.get(k, _default(cls.Config, k)), v) for k, v in mine.items()},
         "train": {k: (base_train.get(k, _default(TrainConfig, k)), v) for k, v in (train or {}).items()},
-        "ignored": sorted(ignored),
+        "ignored": sorted({*ignored, *unknown}),
     }
     for part in ("model", "train"):
         overrides[part] = {k: pair for k, pair in overrides[part].items() if pair[0] != pair[1]}
