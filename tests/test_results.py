@@ -53,3 +53,33 @@ def test_page_check_fails_when_out_of_date(finished_runs, tmp_path, capsys):
     results.add([finished_runs["byol"].run_dir], kept)
     assert results.main(["--results-dir", str(kept), "page", "--check"]) == 1
     assert "out of date" in capsys.readouterr().err
+
+
+def _ferplus_record(method, seed, images_per_second, shift=None):
+    conditions = {c: {"accuracy": 0.5} for c in (*results.OCCLUSION_COLUMNS, *results.POSE_COLUMNS)}
+    return {
+        "run_dir": f"{method}-ferplus-{seed}",
+        "method": method,
+        "seed": seed,
+        "protocol": "supervised",
+        "dataset": {"name": "ferplus"},
+        "config": {"model": {"backbone": "resnet18", "width": 32}},
+        "evaluations": {"supervised": {"val": {"accuracy": 0.8, "macro_f1": 0.7}}},
+        "images_per_second": images_per_second,
+        "robustness": {"ferplus/val": {"conditions": conditions, "attention_shift": shift or {}}},
+    }
+
+
+def test_the_ferplus_section_gives_the_cost_per_image_and_whether_a_covered_crop_loses_share():
+    shift = {
+        "eyes": {"most covered crop": "top-left", "covered crop, clean": 0.3, "covered crop, occluded": 0.2,
+                 "face, clean": 0.25, "face, occluded": 0.2},
+        "mouth": {"most covered crop": "bottom-centre", "covered crop, clean": 0.3, "covered crop, occluded": 0.4,
+                  "face, clean": 0.25, "face, occluded": 0.3},
+    }  # fmt: skip
+    records = [_ferplus_record("supervised", 0, 600.0), _ferplus_record("ran", 0, 400.0, shift)]
+    text = "\n".join(results.ferplus_section(records))
+    assert "| 1.50× |" in text  # 600 / 400 images/s: RAN costs 1.5 times the plain network per image
+    assert "| eyes | top-left | 0.300 | 0.200 | yes |" in text
+    assert "| mouth | bottom-centre | 0.300 | 0.400 | no |" in text
+    assert text.count("| 50.0 % |") >= 2  # the occluded mean beside the five occlusions

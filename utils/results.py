@@ -212,10 +212,16 @@ def label_section(records: list[dict]) -> list[str]:
 
 
 def ferplus_section(records: list[dict]) -> list[str]:
-    rows, robust = [], []
+    rows, robust, shifts = [], [], []
+    plain = {x.get("seed"): x for x in records if x.get("method") == "supervised" and not x.get("init_run")}
     for group in _by_setting(records):
         r = group[0]
         start = (r.get("init_run") or {}).get("method") or "random weights"
+        cost = [
+            plain[x.get("seed")]["images_per_second"] / x["images_per_second"]
+            for x in group
+            if x.get("seed") in plain and x.get("images_per_second")
+        ]
         rows.append(
             [
                 r.get("method"),
@@ -223,23 +229,46 @@ def ferplus_section(records: list[dict]) -> list[str]:
                 start,
                 _seeds_summary(group, lambda x: _eval(x, "supervised")),
                 f"{_mean(_eval(x, 'supervised', key='macro_f1') for x in group):.3f}",
+                f"{_mean(cost):.2f}×" if cost else "",
                 *_run_cells(group),
             ]
         )
         for x in group:
             for where, table in (x.get("robustness") or {}).items():
                 conditions = table.get("conditions", {})
-                cells = [_pct(conditions.get(c, {}).get("accuracy")) for c in OCCLUSION_COLUMNS]
-                robust.append([x.get("method"), start, x.get("seed"), where, *cells])
-    header = ["model", "network", "start", "accuracy", "macro-F1", "epochs", "images/s", "minutes", "seeds", "runs"]
-    lines = _table(header, rows)
+                cells = [_pct(conditions.get(c, {}).get("accuracy")) for c in OCCLUSION_COLUMNS + POSE_COLUMNS]
+                covered = _mean(conditions.get(c, {}).get("accuracy") for c in OCCLUSION_COLUMNS[1:])
+                robust.append([x.get("method"), start, x.get("seed"), where, *cells, _pct(covered)])
+                for condition, shift in (table.get("attention_shift") or {}).items():
+                    before, after = shift["covered crop, clean"], shift["covered crop, occluded"]
+                    shifts.append(
+                        [x.get("method"), start, x.get("seed"), condition, shift["most covered crop"],
+                         f"{before:.3f}", f"{after:.3f}", "yes" if after < before else "no",
+                         f"{shift['face, clean']:.3f} → {shift['face, occluded']:.3f}"]
+                    )  # fmt: skip
+    header = ["model", "network", "start", "accuracy", "macro-F1", "cost per image against plain"]
+    lines = _table([*header, "epochs", "images/s", "minutes", "seeds", "runs"], rows)
     if robust:
-        lines += ["Under synthetic occlusion (the same faces, each condition on every face with landmarks):", ""]
-        lines += _table(["model", "start", "seed", "split", *OCCLUSION_COLUMNS], robust)
+        lines += [
+            "Under synthetic occlusion and by head pose (the same faces; each occlusion on every face with landmarks; "
+            "`occluded mean` averages the five occlusions):",
+            "",
+        ]
+        lines += _table(["model", "start", "seed", "split", *OCCLUSION_COLUMNS, *POSE_COLUMNS, "occluded mean"], robust)
+    if shifts:
+        lines += [
+            "Where RAN looks: the share `μᵢνᵢ / Σ μⱼνⱼ` of the crop each occlusion covers most, on the same faces "
+            "clean and occluded. A covered crop that loses share is RAN doing what the paper claims.",
+            "",
+        ]
+        header = ["model", "start", "seed", "occlusion", "covered crop", "share, clean", "share, occluded",
+                  "loses share", "whole face's share"]  # fmt: skip
+        lines += _table(header, shifts)
     return lines
 
 
 OCCLUSION_COLUMNS = ("clean", "eyes", "mouth", "random square", "left half", "right half")
+POSE_COLUMNS = ("frontal", "strong yaw")
 
 
 def runs_section(records: list[dict]) -> list[str]:
