@@ -83,3 +83,25 @@ def test_the_ferplus_section_gives_the_cost_per_image_and_whether_a_covered_crop
     assert "| eyes | top-left | 0.300 | 0.200 | yes |" in text
     assert "| mouth | bottom-centre | 0.300 | 0.400 | no |" in text
     assert text.count("| 50.0 % |") >= 2  # the occluded mean beside the five occlusions
+
+
+def test_a_run_made_in_a_notebook_is_recorded_with_the_command_given(finished_runs, tmp_path):
+    kept = tmp_path / "results"
+    (target,) = results.add([finished_runs["supervised"].run_dir], kept, command="papermill notebooks/02.ipynb o.ipynb")
+    provenance = json.loads((target / "metrics.json").read_text())["provenance"]
+    assert provenance["command"] == "papermill notebooks/02.ipynb o.ipynb"
+    assert provenance["command_given_to"] == "results add"
+    assert "`papermill notebooks/02.ipynb o.ipynb` (given when recorded)" in results.page(results.load_recorded(kept))
+    assert "command_given_to" not in runs.finished(finished_runs["supervised"].run_dir).get("provenance", {})
+
+
+def test_a_notebook_kernels_provenance_names_no_machine_path(monkeypatch):
+    from utils.core import runtime
+
+    monkeypatch.delenv("FER_COMMAND", raising=False)
+    kernel = ["/opt/venv/lib/python3.11/site-packages/ipykernel_launcher.py", "-f", "/tmp/kernel-1.json"]
+    monkeypatch.setattr("sys.argv", kernel)
+    command = runtime.provenance()["command"]
+    assert "notebook" in command and "/tmp" not in command and "/opt" not in command
+    monkeypatch.setenv("FER_COMMAND", "papermill notebooks/02_supervised_baselines.ipynb out.ipynb")
+    assert runtime.provenance()["command"] == "papermill notebooks/02_supervised_baselines.ipynb out.ipynb"

@@ -2,6 +2,7 @@
 ``results/``, and the results page generated from them.
 
     python -m utils.results add checkpoints/<run> [...]   # copy runs' records (metrics.json, log.csv; no weights)
+    python -m utils.results add checkpoints/<run> --command "papermill ..."  # a run made in a notebook
     python -m utils.results page                          # write results/README.md from every record there
     python -m utils.results page --check                  # exit 1 if results/README.md is out of date (CI)
 
@@ -27,9 +28,10 @@ PAGE = "README.md"
 KEPT_FILES = ("metrics.json", "log.csv")  # a run's record and its per-epoch log; never weights
 
 
-def add(folders, results_dir=None) -> list[Path]:
+def add(folders, results_dir=None, command: str | None = None) -> list[Path]:
     """Copy each finished run's record (and log) into ``results_dir/<run>/``; a folder that holds no finished
-    run is an error, named, and nothing is copied."""
+    run is an error, named, and nothing is copied. ``command``: how the runs were made, for runs made in a
+    notebook kernel, which cannot know it (the record says the command was given when it was recorded)."""
     from utils.core.runs import finished
 
     results_dir = Path(results_dir or RESULTS_DIR)
@@ -44,6 +46,11 @@ def add(folders, results_dir=None) -> list[Path]:
         for name in KEPT_FILES:
             if (folder / name).is_file():
                 shutil.copy2(folder / name, target / name)
+        if command:
+            record = json.loads((target / "metrics.json").read_text())
+            given = record.setdefault("provenance", {})
+            given.update(command=command, command_given_to="results add")  # the kernel's names only itself
+            (target / "metrics.json").write_text(json.dumps(record, indent=1))
         out.append(target)
     return out
 
@@ -77,9 +84,11 @@ def _model(record: dict) -> dict:
 
 def _network(record: dict) -> str:
     m = _model(record)
+    if "backbone" not in m:  # the raw-pixels floor: no network
+        return f"none ({m.get('channels', 'gray')} pixels)"
     width = m.get("width", 64)
-    name = m.get("backbone", "?") + (" (ImageNet)" if m.get("pretrained") else "")
-    return name + (f", width {width}" if width != 64 else "")
+    name = m["backbone"] + (" (ImageNet)" if m.get("pretrained") else "")
+    return name + (f", width {width}" if width != 64 else "") + (", last stride 1" if m.get("last_stride") == 1 else "")
 
 
 def _minutes(record: dict) -> str:
@@ -125,9 +134,13 @@ def _run_cells(group: list[dict]) -> list[str]:
         ", ".join(_epochs(x) for x in group),
         ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group),
         ", ".join(_minutes(x) for x in group),
-        ", ".join(str(x.get("seed")) for x in group),
+        ", ".join(_seed(x) for x in group),
         "<br>".join(_link(x) for x in group),
     ]
+
+
+def _seed(record: dict) -> str:
+    return "none" if record.get("seed") is None else str(record["seed"])  # raw pixels: nothing random
 
 
 def supervised_section(records: list[dict]) -> list[str]:
@@ -162,12 +175,12 @@ def representation_section(records: list[dict]) -> list[str]:
                 ", ".join(_epochs(x) for x in group) if r.get("epochs_run") else "not trained",
                 ", ".join(f"{x.get('images_per_second', 0):.0f}" for x in group) if r.get("epochs_run") else "",
                 ", ".join(_minutes(x) for x in group),
-                ", ".join(str(x.get("seed")) for x in group),
+                ", ".join(_seed(x) for x in group),
                 "<br>".join(_link(x) for x in group),
             ]
         )
     header = ["method", "network", "linear probe", "kNN (k = 20)", "epochs", "images/s", "minutes", "seeds", "runs"]
-    return _table(header, rows)
+    return _table(header, rows) + regions_section(records)
 
 
 def regions_section(records: list[dict]) -> list[str]:
@@ -281,9 +294,10 @@ def runs_section(records: list[dict]) -> list[str]:
         machine = f"{m.get('cpu', '?')}, {m.get('cpus', '?')} cores" + (
             f", {m['cpu_bf16']}" if m.get("cpu_bf16") else ""
         )
-        rows.append(
-            [f"`{r['run_dir']}`", f"`{p.get('command') or 'no record'}`", commit, machine, r.get("written", "")[:10]]
+        command = f"`{p.get('command') or 'no record'}`" + (
+            " (given when recorded)" if p.get("command_given_to") else ""
         )
+        rows.append([f"`{r['run_dir']}`", command, commit, machine, r.get("written", "")[:10]])
     return _table(["run", "command", "commit", "machine", "written"], rows)
 
 
@@ -335,17 +349,18 @@ def page(records: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.results", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="action", required=True)
     adding = sub.add_parser("add", help="copy finished runs' records into results/")
     adding.add_argument("runs", nargs="+")
+    adding.add_argument("--command", default=None, help="how runs made in a notebook were made (papermill ...)")
     writing = sub.add_parser("page", help="write results/README.md from the records")
     writing.add_argument("--check", action="store_true", help="exit 1 if the page is out of date; write nothing")
     parser.add_argument("--results-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     results_dir = Path(args.results_dir or RESULTS_DIR)
-    if args.command == "add":
+    if args.action == "add":
         try:
-            for target in add(args.runs, results_dir):
+            for target in add(args.runs, results_dir, command=args.command):
                 print(f"recorded {target.name}")
         except FileNotFoundError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -361,7 +376,7 @@ def main(argv=None) -> int:
         return 0
     results_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    print(f"wrote {path} from {len(json.loads(json.dumps(load_recorded(results_dir))))} records")
+    print(f"wrote {path} from {len(load_recorded(results_dir))} records")
     return 0
 
 

@@ -164,7 +164,9 @@ def provenance() -> dict:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     argv = list(sys.argv)
-    if argv and argv[0].endswith(".py") and Path(argv[0]).resolve().is_relative_to(REPO_ROOT / "utils"):
+    if argv and Path(argv[0]).name == "ipykernel_launcher.py":  # a notebook: the kernel cannot know which one
+        argv = ["a Jupyter notebook's kernel (set FER_COMMAND to record the notebook and its parameters)"]
+    elif argv and argv[0].endswith(".py") and Path(argv[0]).resolve().is_relative_to(REPO_ROOT / "utils"):
         module = Path(argv[0]).resolve().relative_to(REPO_ROOT).with_suffix("")
         argv = ["python", "-m", ".".join(module.parts), *argv[1:]]
     return {

@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def _landmarks(ax, points, size: int, **style) -> None:
+    """Landmarks over a ``size``-pixel face, the axes kept to the face (points off it are cut, not drawn around)."""
+    ax.scatter(*np.asarray(points).T, linewidths=0, **style)
+    ax.set_xlim(-0.5, size - 0.5)
+    ax.set_ylim(size - 0.5, -0.5)
+
+
 def _plt():
     import matplotlib.pyplot as plt
 
@@ -44,7 +51,7 @@ def face_grid(
             ax.imshow(prepared.images[i], cmap="gray", vmin=0, vmax=255)
             if "landmarks" in show and np.isfinite(prepared.landmarks[i]).all():
                 color = "lime" if prepared.face_found[i] else "orange"
-                ax.scatter(*prepared.landmarks[i].T, s=1.5, c=color, linewidths=0)
+                _landmarks(ax, prepared.landmarks[i], len(prepared.images[i]), s=1.5, c=color)
             if c == 0:
                 ax.set_title(prepared.classes[k], fontsize=8, loc="left")
             j = 1
@@ -294,7 +301,7 @@ def region_overlays(images, heatmaps, landmarks=None, column_titles=None, title:
     for r in range(n):
         axes[r, 0].imshow(images[r], cmap="gray", vmin=0, vmax=255)
         if landmarks is not None and np.isfinite(landmarks[r]).all():
-            axes[r, 0].scatter(*landmarks[r].T, s=1, c="lime", linewidths=0)
+            _landmarks(axes[r, 0], landmarks[r], size, s=1, c="lime")
         for j in range(q):
             ax = axes[r, j + 1]
             ax.imshow(images[r], cmap="gray", vmin=0, vmax=255)
@@ -334,7 +341,7 @@ def region_partition(images, partition, landmarks=None, legend=None, title: str 
     for i in range(n):
         axes[0, i].imshow(images[i], cmap="gray", vmin=0, vmax=255)
         if landmarks is not None and np.isfinite(landmarks[i]).all():
-            axes[0, i].scatter(*landmarks[i].T, s=1, c="lime", linewidths=0)
+            _landmarks(axes[0, i], landmarks[i], size, s=1, c="lime")
         axes[1, i].imshow(images[i], cmap="gray", vmin=0, vmax=255)
         axes[1, i].imshow(up[i], cmap=cmap, vmin=-0.5, vmax=queries - 0.5, alpha=0.5, interpolation="nearest")
         for ax in axes[:, i]:
