@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import RAN_SHARED_MAP, randn
+from helpers import RAN_SHARED_MAP, RUN_TRAIN, randn, run_configs
 
 from utils.core import runs
 from utils.core.engine import TrainConfig
@@ -368,3 +368,18 @@ def test_label_modes_need_distributions_and_train_with_them(sample, tmp_path):
     for mode in ("crossentropy", "probability", "multi_target"):
         run = runs.run(SupervisedConfig(stem_stride=4, targets=mode, tta=None), voted, train, **kwargs)
         assert math.isfinite(run.history[0]["train_loss"])
+
+
+def test_ran_starts_from_a_finished_run_and_counts_its_minutes(finished_runs, sample, tmp_path):
+    source = finished_runs["supervised"]
+    init = runs.init_path(source.run_dir)
+    frozen = dataclasses.replace(RUN_TRAIN, lr=0.0)  # nothing moves: what the run holds is where it started
+    kwargs = {"checkpoint_dir": tmp_path, "device": "cpu", "progress": False, "steps_per_epoch": 1}
+    run = runs.run(run_configs()["ran"], sample, frozen, init=init, **kwargs)
+    assert run.record["init_run"]["run"] == source.run_dir.name
+    assert run.record["init_run"]["train_seconds"] == pytest.approx(source.record["train_seconds"])
+    start, now = torch.load(init, map_location="cpu"), run.method.encoder_state()
+    convs = [k for k in start if k.endswith("conv1.weight")]
+    assert convs and all(torch.equal(start[k], now[k].cpu()) for k in convs)
+    scratch = runs.run(run_configs()["ran"], sample, frozen, **kwargs)  # the same run without a start differs
+    assert not torch.equal(start[convs[-1]], scratch.method.encoder_state()[convs[-1]].cpu())

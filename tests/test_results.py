@@ -105,3 +105,14 @@ def test_a_notebook_kernels_provenance_names_no_machine_path(monkeypatch):
     assert "notebook" in command and "/tmp" not in command and "/opt" not in command
     monkeypatch.setenv("FER_COMMAND", "papermill notebooks/02_supervised_baselines.ipynb out.ipynb")
     assert runtime.provenance()["command"] == "papermill notebooks/02_supervised_baselines.ipynb out.ipynb"
+
+
+def test_probes_on_a_share_of_the_labels_and_early_stopped_epochs_are_shown():
+    probe = {"fraction": 0.1, "seed": 0, "linear": {"val": {"accuracy": 0.359}}, "knn": {"val": {"accuracy": 0.298}}}
+    pretrained = {"run_dir": "byol-x", "method": "byol", "seed": 0, "config": {"model": {"backbone": "resnet18"}}}
+    lines = results.share_probes_section([{**pretrained, "label_efficiency": {"0.1/seed0": probe}}])
+    assert "| byol | resnet18 | 10 % | 35.9 % | 29.8 % | 0 | [byol-x](byol-x/metrics.json) |" in lines
+    assert results.share_probes_section([pretrained]) == []
+    stopped = {"stop_reason": "early stop: no better validation score for 5 epochs", "epochs_run": 20}
+    assert results._epochs({**stopped, "schedule": {"epochs": 30.0}}) == "20 (early stop)"
+    assert results._epochs({"stop_reason": "schedule done", "epochs_run": 29, "schedule": {"epochs": 28.36}}) == "28.36"

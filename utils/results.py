@@ -98,6 +98,9 @@ def _minutes(record: dict) -> str:
 
 
 def _epochs(record: dict) -> str:
+    """The epochs fitted to the time budget, or those run when the run stopped early."""
+    if str(record.get("stop_reason", "")).startswith("early stop"):
+        return f"{record.get('epochs_run')} (early stop)"
     return f"{record.get('schedule', {}).get('epochs', record.get('epochs_run'))}"
 
 
@@ -180,7 +183,20 @@ def representation_section(records: list[dict]) -> list[str]:
             ]
         )
     header = ["method", "network", "linear probe", "kNN (k = 20)", "epochs", "images/s", "minutes", "seeds", "runs"]
-    return _table(header, rows) + regions_section(records)
+    return _table(header, rows) + share_probes_section(records) + regions_section(records)
+
+
+def share_probes_section(records: list[dict]) -> list[str]:
+    """The probes fitted on a share of the training labels only (notebook 08, ``label_efficiency`` in a record)."""
+    rows = []
+    for r in records:
+        for probe in (r.get("label_efficiency") or {}).values():
+            cells = [_pct(probe.get(p, {}).get("val", {}).get("accuracy")) for p in ("linear", "knn")]
+            rows.append([r.get("method"), _network(r), f"{100 * probe['fraction']:g} %", *cells, _seed(r), _link(r)])
+    if not rows:
+        return []
+    lines = ["The same probes fitted on a share of Training's labels only (PublicTest):", ""]
+    return lines + _table(["method", "network", "labels", "linear probe", "kNN (k = 20)", "seed", "run"], rows)
 
 
 def regions_section(records: list[dict]) -> list[str]:
@@ -216,7 +232,7 @@ def label_section(records: list[dict]) -> list[str]:
                 f"{_eval(r, 'finetune', key='macro_f1'):.3f}",
                 _epochs(r),
                 _minutes(r),
-                r.get("seed"),
+                _seed(r),
                 _link(r),
             ]
         )
