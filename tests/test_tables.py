@@ -300,3 +300,17 @@ def test_a_styled_pivot_keeps_its_index_and_counts_read_as_whole_numbers():
     pivot = table.pivot_table(index="method", columns=["protocol", "fraction"], values="accuracy")
     html = tables.styled(pivot).to_html()  # as label_efficiency_summary's, with two levels of columns
     assert ">a<" in html and ">0.500<" in html  # the index is what a pivot's rows are
+
+
+def test_a_run_recorded_before_a_field_existed_pools_with_todays_runs_of_its_setting(finished_runs):
+    import copy
+
+    today = runs.finished(finished_runs["byol"].run_dir)
+    older = copy.deepcopy(today)
+    del older["config"]["model"][
+        "predictor_lr_scale"
+    ]  # a field added later, at the default that kept the old behaviour
+    assert tables.describe(older)["setting"] == tables.describe(today)["setting"]
+    changed = copy.deepcopy(today)
+    changed["config"]["model"]["predictor_lr_scale"] = 10.0
+    assert tables.describe(changed)["setting"] != tables.describe(today)["setting"]

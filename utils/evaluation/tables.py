@@ -45,8 +45,12 @@ def is_smoke_test(record: dict) -> bool:
 def describe(record: dict) -> dict:
     """What tells two runs of one method apart in a table: ``variant`` (what the method says distinguishes
     its runs, e.g. HNCL's neighbour space and k), ``seed``, ``epochs`` (epochs trained) and ``setting``, a
-    digest of the whole configuration except its seeds (runs with the same setting differ only in their seed)."""
+    digest of the whole configuration except its seeds (runs with the same setting differ only in their seed),
+    read as today's code reads it: fields a run predates take today's defaults (run identity's one rule)."""
+    from utils.core.runs import normalised
+
     config = record.get("config", {})
+    config = (normalised(config) if "method" in config else None) or config
     variant = record.get("variant") or ""
     labelled = record.get("dataset", {}).get("labelled")
     if labelled:  # trained with a share of the labels (utils.evaluation.label_efficiency)
