@@ -124,3 +124,15 @@ def test_begin_reads_the_sample_and_fills_the_notebooks_parameters_from_the_quic
     assert nb.train["moco_v2"].seed == 1 and nb.train["moco_v2"].epochs == 3
     assert namespace["FINETUNE_TRAIN"] == {"epochs": 6, "batch_size": 32}  # filled from the recipe
     assert nb.dataset.name == "sample"
+
+
+def test_a_users_recipe_file_naming_a_setting_the_method_lacks_is_an_error(tmp_path, capsys):
+    from utils.train import main
+
+    mine = tmp_path / "my_recipes" / "byol.yaml"
+    mine.parent.mkdir()
+    mine.write_text("MODEL:\n  widht: 32\n")  # a typo must not be dropped quietly
+    assert main(["byol", "--recipe", str(mine), "--show"]) == 2
+    assert "widht" in capsys.readouterr().err
+    ran = str(recipes.RECIPE_DIR / "ran" / "cpu.yaml")
+    assert main(["supervised", "--recipe", ran, "--show"]) == 0  # another method's recipe: the settings it shares

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--show", action="store_true", help="print the method's settings and their defaults")
     args = parser.parse_args(argv)
 
-    from utils.core.recipes import describe, load_recipe, method_settings
+    from utils.core.recipes import RECIPE_DIR, describe, load_recipe, method_settings
     from utils.core.runtime import pick_device, quick_mode
 
     try:
@@ -51,8 +51,10 @@ def main(argv=None) -> int:
         unknown = set(model) - {f.name for f in dataclasses.fields(methods.get(args.method).Config)}
         if unknown:
             raise ValueError(f"{args.method} has no field(s) {sorted(unknown)}")
-        # another method's recipe (the plain classifier with RAN's) gives only the settings this method has
-        strict = recipe.path.parent.name == args.method
+        # another method's recipe (the plain classifier with RAN's) gives only the settings this method has;
+        # the method's own recipes and the user's files must name only its settings
+        folder = recipe.path.resolve().parent
+        strict = folder.parent != RECIPE_DIR.resolve() or folder.name == args.method
         config, train, overrides = method_settings(args.method, recipe, model, train_values, strict=strict)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
