@@ -3,6 +3,7 @@
     python -m utils.train byol                                    # the recipe for this machine (recipes/byol/)
     python -m utils.train byol --recipe gpu --set base_momentum=0.99 --train max_minutes=30
     python -m utils.train ran --dataset ferplus data/fer2013 --mode majority --init checkpoints/<run>
+    python -m utils.train hncl --unlabelled data/my_faces                # pretrain on FER2013 Training + a folder
     torchrun --nproc_per_node 4 -m utils.train supervised --dataset fer2013 data/fer2013 --train epochs=30
 
 ``--recipe`` picks the settings (``auto``: ``cpu`` without CUDA, ``gpu`` with it, ``quick`` with FER_QUICK=1;
@@ -33,6 +34,13 @@ def main(argv=None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="the method's settings")
     parser.add_argument("--train", nargs="*", default=[], metavar="FIELD=VALUE", help="TrainConfig settings")
     parser.add_argument("--name", default=None, help="run folder prefix (default: <method>-<dataset>)")
+    parser.add_argument(
+        "--unlabelled",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="folders of faces without labels that self-supervised methods also pretrain on (utils.data.folder)",
+    )
     parser.add_argument("--init", default=None, metavar="RUN", help="start the backbone from a finished run's folder")
     parser.add_argument("--show", action="store_true", help="print the method's settings and their defaults")
     args = parser.parse_args(argv)
@@ -70,18 +78,32 @@ def main(argv=None) -> int:
     if not quick_mode() and not Path(args.dataset[1]).exists():  # notebooks fall back to the sample; not here
         print(f"error: {args.dataset[1]}: no such dataset folder or file (for {args.dataset[0]})", file=sys.stderr)
         return 2
+    if args.unlabelled and methods.get(args.method).kind == "classifier":
+        print(f"error: {args.method} learns from labels; --unlabelled is for self-supervised methods", file=sys.stderr)
+        return 2
 
     from utils.core import distributed as dist_utils
     from utils.core import runs
     from utils.data.faces import prepare, remembered_config
 
-    from .data import ensure_val_split, load_dataset_or_sample
+    from .data import DatasetError, ensure_val_split, load_dataset_or_sample
 
     name, path = args.dataset
     options = {"mode": args.mode} if args.mode else {}
     dataset, _ = load_dataset_or_sample(name, path, **options)
     dataset = ensure_val_split(dataset, seed=train.seed)
-    prepared = prepare(dataset, remembered_config("fer2013" if name == "ferplus" else dataset.name), progress=False)
+    faces = remembered_config("fer2013" if name == "ferplus" else dataset.name)
+    prepared = prepare(dataset, faces, progress=False)
+    if args.unlabelled:  # prepared like the labelled set (one size and colour), joined as its unlabelled split
+        from utils.data import load_dataset
+        from utils.data.faces import merge
+
+        try:
+            extra = [prepare(load_dataset("faces", p), faces) for p in args.unlabelled]
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        prepared = merge(prepared, *extra)
     if dist_utils.is_main():
         print(describe(recipe, overrides))
     init = runs.init_path(args.init) if args.init else None

@@ -214,6 +214,7 @@ def fit(
         balanced=config.balance == "sampler",
         drop_last=len(train) >= config.batch_size * world * 2,
         seed=config.seed,
+        shard=(dist_utils.rank(), world),  # each process reads only its share of every batch
     )
     steps = min(len(loader), steps_per_epoch or len(loader))
     warmup = int(round(config.warmup_epochs * steps))
@@ -304,9 +305,6 @@ def _train_epoch(model, method, batches, optimizer, scaler, ema, dtype, budget, 
     for b, (x, y, rows) in enumerate(batches):
         if b >= budget.epoch_steps(budget.epoch_start):
             break
-        share = len(x) // dist_utils.world_size()  # under torchrun each process takes its share
-        mine = slice(dist_utils.rank() * share, (dist_utils.rank() + 1) * share)
-        x, y, rows = x[mine], y[mine], rows[mine]
         lr = learning_rate(step, budget.total_steps, budget.warmup, config.lr, config.min_lr)
         method.before_step(step / budget.total_steps)
         budget.count(b, step, time.perf_counter())

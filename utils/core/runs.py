@@ -159,7 +159,9 @@ def run(
     main = dist_utils.is_main()
 
     seed_everything(tc.seed, tc.deterministic)  # before the method: initial weights depend on the seed only
-    train_data = face_tensors(prepared, "train", config.channels, device)
+    # pretraining also reads the faces without labels (utils.data.folder); classifiers only the labelled ones
+    splits = ("train",) if cls.kind == "classifier" or not cls.trains else ("train", "unlabelled")
+    train_data = face_tensors(prepared, splits, config.channels, device)
     spec = InputSpec(
         in_channels=channel_count(config.channels),
         image_channels=train_data.image_channels,
@@ -326,7 +328,8 @@ def _validator(method, prepared, train, channels, device, amp, seed: int, monito
             return {"score": accuracy, "accuracy": accuracy, "loss": float(F.nll_loss(probs.clamp_min(1e-8).log(), y))}
 
         return validate
-    rows = np.sort(np.random.default_rng(seed).permutation(len(train))[:monitor_size])
+    labelled = np.flatnonzero(train.y.cpu().numpy() >= 0)  # pretraining faces without labels are not voters
+    rows = np.sort(np.random.default_rng(seed).permutation(labelled)[:monitor_size])
     monitor = train.subset(rows)
 
     def validate(m):

@@ -19,6 +19,7 @@ from .base import SPLITS, DatasetError, FaceDataset, Problem, read_image
 from .ckplus import read_ckplus
 from .export import export_image_folders, imagefolder_to_canonical
 from .fer2013 import ferplus_distribution, read_fer2013, read_ferplus
+from .folder import read_faces
 from .jaffe import read_jaffe
 from .rafdb import read_rafdb
 from .splits import ensure_val_split, sample_per_class, stratified_split, subject_folds
@@ -30,6 +31,7 @@ READERS = {
     "ckplus": read_ckplus,
     "affectnet": read_affectnet,
     "jaffe": read_jaffe,
+    "faces": read_faces,  # any folder of face images without labels: pretraining data
 }
 """Registry: dataset name -> reader. Every reader takes ``(path, strict=False, **options)``."""
 
@@ -92,6 +94,7 @@ __all__ = [
     "load_dataset_or_sample",
     "read_affectnet",
     "read_ckplus",
+    "read_faces",
     "read_fer2013",
     "read_ferplus",
     "read_image",

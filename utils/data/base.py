@@ -11,8 +11,12 @@ import pandas as pd
 
 from utils.data.labels import class_names
 
-SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
-"""Split names: a dataset with an official split uses train / val / test, one without it uses all."""
+SPLITS: tuple[str, ...] = ("train", "val", "test", "all", "unlabelled")
+"""Split names: a dataset with an official split uses train / val / test, one without it uses all; faces without
+labels (:func:`utils.data.folder.read_faces`, label ``UNLABELLED``) are in unlabelled, which only pretraining reads."""
+
+UNLABELLED = -1
+"""The label of a face that has none (pretraining data)."""
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 
@@ -103,17 +107,22 @@ class FaceDataset:
         return {s: int(counts[s]) for s in self.splits}
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """``{split: {class name: count}}``, classes in canonical order, zero counts included."""
+        """``{split: {class name: count}}``, classes in canonical order, zero counts included; faces without a
+        label are counted under ``"unlabelled"``."""
         out = {}
         for split in self.splits:
             labels = self.table.loc[self.table["split"] == split, "label"].to_numpy()
-            per_class = np.bincount(labels, minlength=self.num_classes)
+            per_class = np.bincount(labels[labels >= 0], minlength=self.num_classes)
             out[split] = {name: int(c) for name, c in zip(self.classes, per_class)}
+            if (labels == UNLABELLED).any():
+                out[split]["unlabelled"] = int((labels == UNLABELLED).sum())
         return out
 
     def counts_frame(self) -> pd.DataFrame:
         """:meth:`counts` as a table: one row per class, one column per split, plus a total."""
-        frame = pd.DataFrame(self.counts()).reindex(list(self.classes))
+        counts = self.counts()
+        rows = list(self.classes) + (["unlabelled"] if any("unlabelled" in c for c in counts.values()) else [])
+        frame = pd.DataFrame(counts).reindex(rows).fillna(0).astype(int)
         frame.loc["total"] = frame.sum()
         return frame
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+import shutil
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from utils.core import cache
 from utils.core.runtime import DATA_DIR, show_progress
 from utils.data.base import DatasetError, FaceDataset, Problem, read_image
 from utils.data.labels import class_names
+from utils.data.store import FaceStore, Rows
 
 NUM_LANDMARKS = 68
 RIGHT_EYE = slice(36, 42)  # the subject's right eye, on the image's left (iBUG 300-W numbering)
@@ -438,7 +440,9 @@ class PreparedFaces:
 
     def detection_stats(self) -> dict:
         """Share of images with a detected face and with landmarks, overall and per split."""
-        has_landmarks = np.isfinite(self.landmarks).all(axis=(1, 2))
+        step = 1 << 16  # in pieces: a million faces' landmarks are 544 MB, memory-mapped
+        pieces = [np.isfinite(np.asarray(self.landmarks[s : s + step])).all(axis=(1, 2)) for s in range(0, len(self), step)]
+        has_landmarks = np.concatenate(pieces) if pieces else np.zeros(0, dtype=bool)
         out = {
             "images": len(self),
             "face_found": float(self.face_found.mean()) if len(self) else 0.0,
@@ -472,8 +476,13 @@ def _fingerprint(dataset: FaceDataset) -> dict:
 _WORKER: dict = {}
 
 
-def _process_chunk(config: FaceConfig, images, paths, root, given) -> tuple:
-    """Worker: preprocess a chunk of images (pixel arrays, or files under ``root``)."""
+def _process_chunk(config: FaceConfig, images, paths, root, given, first_row: int = 0) -> tuple:
+    """Worker: preprocess a chunk of images (pixel arrays, or files under ``root``) into the store's arrays.
+
+    Returns:
+        ``(arrays, problems)``: ``{"images", "heatmaps", "landmarks", "face_found", "ok"}`` for every row of the
+        chunk (zeros where an image could not be read), and ``(row, file, reason)`` for those images.
+    """
     pre = _WORKER.get(config)
     if pre is None:
         pre = _WORKER[config] = FacePreprocessor(config)
@@ -492,60 +501,104 @@ def _process_chunk(config: FaceConfig, images, paths, root, given) -> tuple:
                 image = read_image(Path(root) / paths[i], "rgb" if config.color == "rgb" else "gray")
             except DatasetError as e:
                 ok[i] = False
-                problems.append((i, str(paths[i]), str(e).split(": ", 1)[-1]))
+                problems.append((first_row + i, str(paths[i]), str(e).split(": ", 1)[-1]))
                 continue
         faces[i], landmarks[i], found[i] = pre.process(image, None if given is None else given[i])
-    return faces, landmarks, found, ok, problems
+    heat = landmark_heatmaps(landmarks, config.size, config.sigma)
+    arrays = {"images": faces, "heatmaps": heat, "landmarks": landmarks, "face_found": found, "ok": ok}
+    return arrays, problems
 
 
-def _preprocess(dataset: FaceDataset, config: FaceConfig, workers: int, chunk: int, progress: bool) -> dict:
-    n = len(dataset)
-    paths = dataset.table["path"].to_numpy() if dataset.pixels is None else None
-    starts = list(range(0, n, chunk))
-
-    def args(start):
-        stop = start + chunk
-        images = None if dataset.pixels is None else dataset.pixels[start:stop]
-        part_paths = None if paths is None else paths[start:stop]
-        given = None if dataset.landmarks is None else dataset.landmarks[start:stop]
-        return config, images, part_paths, dataset.root, given
-
-    bar = _progress(total=n, desc=f"preprocessing {dataset.name}", enabled=progress)
-    results = []
-    if workers <= 1 or len(starts) == 1:
-        for start in starts:
-            results.append(_process_chunk(*args(start)))
-            bar.update(len(results[-1][0]))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_process_chunk, *args(start)) for start in starts]
-            for future in futures:
-                results.append(future.result())
-                bar.update(len(results[-1][0]))
-    bar.close()
-    faces = np.concatenate([r[0] for r in results])
-    landmarks = np.concatenate([r[1] for r in results])
-    found = np.concatenate([r[2] for r in results])
-    ok = np.concatenate([r[3] for r in results])
-    bad = [(start + i, p, why) for start, r in zip(starts, results) for i, p, why in r[4]]
-    keep = np.flatnonzero(ok)
-    heat = landmark_heatmaps(landmarks[keep], config.size, config.sigma)
-    arrays = {
-        "images": faces[keep],
-        "landmarks": landmarks[keep],
-        "heatmaps": heat,
-        "face_found": found[keep],
-        "rows": keep.astype(np.int64),
-        "bad_rows": np.array([b[0] for b in bad], dtype=np.int64),
-        "bad_reasons": np.array([f"{b[1]}: {b[2]}" for b in bad], dtype=str),
+def store_fields(config: FaceConfig) -> dict[str, tuple[str, tuple]]:
+    """The arrays of a face store prepared with ``config``: name -> (dtype, shape of one row)."""
+    face = (config.size, config.size) + ((3,) if config.color == "rgb" else ())
+    return {
+        "images": ("uint8", face),
+        "heatmaps": ("uint8", (config.size, config.size)),
+        "landmarks": ("float32", (NUM_LANDMARKS, 2)),
+        "face_found": ("bool", ()),
+        "ok": ("bool", ()),
     }
-    return arrays
+
+
+def _fill(store: FaceStore, dataset: FaceDataset, config: FaceConfig, workers: int, progress: bool) -> None:
+    """Prepare the chunks ``store`` lacks, on ``workers`` processes, writing each as it finishes."""
+    todo = store.todo()
+    if not todo:
+        return
+    paths = dataset.table["path"].to_numpy() if dataset.pixels is None else None
+
+    def args(k):
+        span = store.chunk_rows(k)
+        part = slice(span.start, span.stop)
+        images = None if dataset.pixels is None else dataset.pixels[part]
+        part_paths = None if paths is None else paths[part]
+        given = None if dataset.landmarks is None else dataset.landmarks[part]
+        return config, images, part_paths, dataset.root, given, span.start
+
+    left = sum(len(store.chunk_rows(k)) for k in todo)
+    resumed = store.rows - left
+    desc = f"preparing {dataset.name}" + (f" (resumed: {resumed:,} faces already done)" if resumed else "")
+    bar = _progress(total=left, desc=desc, enabled=progress)
+    try:
+        if workers <= 1 or len(todo) == 1:
+            for k in todo:
+                store.write(k, *_process_chunk(*args(k)))
+                bar.update(len(store.chunk_rows(k)))
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                pending, queue = {}, list(todo)
+                while queue or pending:
+                    while queue and len(pending) < 2 * workers:  # a bounded window: memory stays flat
+                        k = queue.pop(0)
+                        pending[pool.submit(_process_chunk, *args(k))] = k
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        k = pending.pop(future)
+                        store.write(k, *future.result())
+                        bar.update(len(store.chunk_rows(k)))
+    finally:
+        bar.close()
 
 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not show_progress(enabled), mininterval=1.0)
+    return tqdm(total=total, desc=desc, unit="face", unit_scale=True, disable=not show_progress(enabled), mininterval=1.0)
+
+
+def _from_old_cache(store: FaceStore, path: Path) -> None:
+    """Fill an empty store from the single ``.npz`` file that versions before the store kept for the same settings,
+    so that faces prepared once are not prepared again. The old file is left where it was."""
+    if store.done() or not path.is_file():
+        return
+    old = cache.load(path, store.meta["key"])
+    if old is None:
+        return
+    n, rows = store.rows, old["rows"]
+    full = {}
+    for name, (dtype, shape) in store_fields_of(store).items():
+        full[name] = np.zeros((n, *shape), dtype=dtype) if name != "landmarks" else np.full((n, *shape), np.nan, dtype)
+    for name in ("images", "heatmaps", "landmarks", "face_found"):
+        full[name][rows] = old[name]
+    full["ok"][rows] = True
+    bad = [(int(r), *str(why).split(": ", 1)) for r, why in zip(old["bad_rows"], old["bad_reasons"])]
+    for k in range(store.chunks):
+        span = store.chunk_rows(k)
+        part = {name: a[span.start : span.stop] for name, a in full.items()}
+        store.write(k, part, [b for b in bad if span.start <= b[0] < span.stop])
+
+
+def store_fields_of(store: FaceStore) -> dict[str, tuple[str, tuple]]:
+    return {name: (spec["dtype"], tuple(spec["shape"])) for name, spec in store.meta["fields"].items()}
+
+
+def store_folder(dataset: FaceDataset, config: FaceConfig | None = None, cache_dir=None) -> Path:
+    """Where :func:`prepare` keeps ``dataset`` prepared with ``config``: ``<cache_dir>/<name>-faces-<key>/``."""
+    config = config or FaceConfig()
+    settings = {"version": CACHE_VERSION, "dataset": _fingerprint(dataset), "config": asdict(config)}
+    folder = Path(cache_dir) if cache_dir is not None else DATA_DIR / "cache"
+    return folder / f"{dataset.name}-faces-{cache.settings_key(settings)[:16]}"
 
 
 def prepare(
@@ -557,50 +610,71 @@ def prepare(
     progress: bool = True,
     chunk: int = 512,
 ) -> PreparedFaces:
-    """Preprocess every image of ``dataset`` (see the module docstring), or load the result from the cache.
+    """Preprocess every image of ``dataset`` (see the module docstring) into a face store, or open the store.
+
+    The store (:mod:`utils.data.store`) is written chunk by chunk and memory-mapped when read, so a million
+    faces need no more memory than a thousand; an interrupted preparation resumes from its finished chunks.
 
     Args:
         dataset: what a reader of :mod:`utils.data` returned.
         config: preprocessing settings (defaults: dlib, 68 landmarks, aligned, 48x48 grey, sigma 1.5).
-        cache_dir: where cached arrays live (``data/cache`` by default); None-like ``False`` disables it.
+        cache_dir: where stores live (``data/cache`` by default); ``False`` keeps the result in memory only.
         workers: processes (default: all CPU cores).
-        refresh: recompute even when a cache exists.
-        progress: show a progress bar.
-        chunk: images per worker task.
+        refresh: prepare again even when a finished store exists.
+        progress: show a progress bar (faces/s and the time left).
+        chunk: images per chunk: the unit of work of a process, and of resuming.
 
     Returns:
-        :class:`PreparedFaces`. Unreadable image files are skipped and listed in ``problems``.
+        :class:`PreparedFaces` whose images, heatmaps and landmarks are memory-mapped from the store.
+        Unreadable image files are skipped and listed in ``problems``.
+
+    Raises:
+        StoreFull: the disk filled up; the finished chunks are kept, and the next call resumes from them.
     """
+    import tempfile
+
     config = config or FaceConfig()
     workers = workers or os.cpu_count() or 1
     settings = {"version": CACHE_VERSION, "dataset": _fingerprint(dataset), "config": asdict(config)}
-
-    def compute():
-        return _preprocess(dataset, config, workers, chunk, progress)
-
+    key = cache.settings_key(settings)
+    fields = store_fields(config)
     if cache_dir is False:
-        arrays, loaded = compute(), False
+        with tempfile.TemporaryDirectory(prefix="faces-") as tmp:
+            store = FaceStore.open(Path(tmp) / "store", key, len(dataset), chunk, fields)
+            _fill(store, dataset, config, workers, progress)
+            arrays, bad, loaded = store.arrays(mmap=False), store.problems(), False
     else:
-        folder = Path(cache_dir) if cache_dir is not None else DATA_DIR / "cache"
-        arrays, loaded = cache.cached(folder, f"{dataset.name}-faces", settings, compute, refresh=refresh)
-    rows = arrays["rows"]
-    problems = [Problem(*reason.split(": ", 1)) for reason in arrays["bad_reasons"]]
+        folder = store_folder(dataset, config, cache_dir)
+        if refresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        store = FaceStore.open(folder, key, len(dataset), chunk, fields)
+        _from_old_cache(store, folder.parent / f"{dataset.name}-faces-{key[:16]}.npz")
+        loaded = store.complete
+        _fill(store, dataset, config, workers, progress)
+        arrays, bad = store.arrays(), store.problems()
+    keep = np.flatnonzero(arrays["ok"])
+    problems = [Problem(where, why) for _, where, why in bad]
     if problems:
         warnings.warn(f"{dataset.root}: {len(problems)} unreadable images skipped, e.g. {problems[0]}", stacklevel=2)
+    everything = len(keep) == len(dataset)
+
+    def kept(array):  # every row (the usual case): the mapped array itself; else a view of the readable rows
+        return array if everything else Rows([(array, keep)]) if isinstance(array, np.memmap) else array[keep]
+
     table = dataset.table
     return PreparedFaces(
         name=dataset.name,
         classes=class_names(dataset.num_classes),
-        images=arrays["images"],
-        landmarks=arrays["landmarks"],
-        heatmaps=arrays["heatmaps"],
-        labels=table["label"].to_numpy(np.int64)[rows],
-        splits=table["split"].to_numpy().astype(str)[rows],
-        face_found=arrays["face_found"],
-        rows=rows,
-        sources=np.full(len(rows), dataset.name),
+        images=kept(arrays["images"]),
+        landmarks=kept(arrays["landmarks"]),
+        heatmaps=kept(arrays["heatmaps"]),
+        labels=table["label"].to_numpy(np.int64)[keep],
+        splits=table["split"].to_numpy().astype(str)[keep],
+        face_found=np.asarray(arrays["face_found"][keep]),
+        rows=keep.astype(np.int64),
+        sources=np.full(len(keep), dataset.name),
         config=config,
-        soft_labels=None if dataset.soft_labels is None else dataset.soft_labels[rows],
+        soft_labels=None if dataset.soft_labels is None else dataset.soft_labels[keep],
         problems=problems,
         loaded_from_cache=loaded,
     )
@@ -635,7 +709,9 @@ def merge(base: PreparedFaces, *extra: PreparedFaces, drop_extra_classes: bool =
     """Merge datasets into one training set: ``base`` keeps its splits, the others add training images.
 
     The images of ``extra`` datasets all join ``base``'s train split (whatever their own split was), so
-    validation and test stay those of ``base`` and results stay comparable with ``base`` alone. All must
+    validation and test stay those of ``base`` and results stay comparable with ``base`` alone; faces without
+    labels (:func:`utils.data.folder.read_faces`) stay in the unlabelled split, which only pretraining reads.
+    Sets too large for memory are joined without being read (:class:`~utils.data.store.Rows`). All must
     share size and colour. Classes ``base`` lacks (contempt, when ``base`` is FER2013) are dropped when
     ``drop_extra_classes``, and kept as an eighth class otherwise.
     """
@@ -648,8 +724,9 @@ def merge(base: PreparedFaces, *extra: PreparedFaces, drop_extra_classes: bool =
     for k, part in enumerate(parts):
         mask = part.labels < num_classes
         if k > 0:
-            part = part.subset(np.flatnonzero(mask))
-            part = replace(part, splits=np.full(len(part), "train"))
+            if not mask.all():  # a subset reads its rows: a store of a million faces is kept whole, unread
+                part = part.subset(np.flatnonzero(mask))
+            part = replace(part, splits=np.where(part.splits == "unlabelled", "unlabelled", "train"))
         kept.append(part)
     soft = None
     if all(p.soft_labels is not None for p in kept):
@@ -657,9 +734,9 @@ def merge(base: PreparedFaces, *extra: PreparedFaces, drop_extra_classes: bool =
     return PreparedFaces(
         name="+".join(p.name for p in kept),
         classes=class_names(num_classes),
-        images=np.concatenate([p.images for p in kept]),
-        landmarks=np.concatenate([p.landmarks for p in kept]),
-        heatmaps=np.concatenate([p.heatmaps for p in kept]),
+        images=_join([p.images for p in kept]),
+        landmarks=_join([p.landmarks for p in kept]),
+        heatmaps=_join([p.heatmaps for p in kept]),
         labels=np.concatenate([p.labels for p in kept]),
         splits=np.concatenate([p.splits for p in kept]),
         face_found=np.concatenate([p.face_found for p in kept]),
@@ -669,6 +746,17 @@ def merge(base: PreparedFaces, *extra: PreparedFaces, drop_extra_classes: bool =
         soft_labels=soft,
         problems=[q for p in kept for q in p.problems],
     )
+
+
+IN_MEMORY_BYTES = 1 << 30
+"""Merged arrays up to this size are joined in memory; larger ones stay on disk, joined as :class:`Rows`."""
+
+
+def _join(arrays):
+    size = sum(len(a) * int(np.prod(a.shape[1:])) * np.dtype(a.dtype).itemsize for a in arrays)
+    if size > IN_MEMORY_BYTES and any(isinstance(a, (np.memmap, Rows)) for a in arrays):
+        return Rows.stack(arrays)
+    return np.concatenate([np.asarray(a) for a in arrays])
 
 
 # ------------------------------------------------------------------------------ a look inside (notebook 01)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.core import cache
+from utils.data.store import Rows
 
 SPACES = ("landmarks", "centre", "normalised")
 SEARCHES = ("exact", "approximate", "auto")
@@ -86,15 +87,27 @@ def normalised_landmark_heatmaps(landmarks: np.ndarray, size: int, sigma: float)
 
 
 def heatmap_descriptors(heatmaps: np.ndarray, pool: int, components: int, device="cpu") -> torch.Tensor:
-    """``(N, components)`` float32: pooled heatmaps projected on their principal components."""
+    """``(N, components)`` float32: pooled heatmaps projected on their principal components.
+
+    ``heatmaps`` may be memory-mapped (the face store): it is read in chunks. When the pooled heatmaps would
+    not fit in :data:`POOLED_IN_MEMORY` bytes (a million faces: 2.3 GB), the components are those of the
+    covariance, accumulated over the chunks, and each chunk is read again and projected: memory stays that
+    of one chunk and the ``(N, components)`` result.
+    """
     size = heatmaps.shape[-1]
-    pooled = []
-    for start in range(0, len(heatmaps), 16384):  # in chunks: 290,000 float32 heatmaps at 48 px would be 2.7 GB
-        chunk = np.ascontiguousarray(heatmaps[start : start + 16384])
-        x = torch.from_numpy(chunk).to(device=device, dtype=torch.float32)[:, None] / 255
-        if pool and pool < size:
-            x = F.adaptive_avg_pool2d(x, pool)
-        pooled.append(x.flatten(1))  # (n, pool * pool)
+    side = pool if pool and pool < size else size
+
+    def pooled_chunks():
+        for start in range(0, len(heatmaps), 16384):  # in chunks: 290,000 float32 heatmaps at 48 px are 2.7 GB
+            chunk = np.ascontiguousarray(heatmaps[start : start + 16384])
+            x = torch.from_numpy(chunk).to(device=device, dtype=torch.float32)[:, None] / 255
+            if pool and pool < size:
+                x = F.adaptive_avg_pool2d(x, pool)
+            yield x.flatten(1)  # (n, pool * pool)
+
+    if components and len(heatmaps) * side * side * 4 > POOLED_IN_MEMORY:
+        return _streamed_pca(pooled_chunks, len(heatmaps), side * side, components, device)
+    pooled = list(pooled_chunks())
     x = torch.cat(pooled) if pooled else torch.zeros(0, (pool if pool and pool < size else size) ** 2, device=device)
     x = x - x.mean(dim=0, keepdim=True)
     if components and components < min(x.shape):  # pca_lowrank needs components <= N as well
@@ -104,6 +117,31 @@ def heatmap_descriptors(heatmaps: np.ndarray, pool: int, components: int, device
         torch.random.set_rng_state(generator_state)
         x = x @ v  # (N, components): the same distances, up to the discarded variance
     return x
+
+
+POOLED_IN_MEMORY = 1 << 30
+"""Pooled heatmaps up to this many bytes are projected by :func:`torch.pca_lowrank` in memory; beyond, in chunks."""
+
+
+def _streamed_pca(chunks, n: int, dim: int, components: int, device) -> torch.Tensor:
+    """Project the rows that ``chunks()`` yields (twice) on the top ``components`` principal components of all
+    of them: the covariance accumulated in float64 over one pass, the projection in a second."""
+    total = torch.zeros(dim, dtype=torch.float64, device=device)
+    outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    for x in chunks():
+        x = x.double()
+        total += x.sum(dim=0)
+        outer += x.T @ x
+    mean = total / n
+    covariance = outer / n - torch.outer(mean, mean)
+    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+    v = vectors[:, -components:].flip(1).float()  # (dim, components), largest first
+    out = torch.empty(n, components, dtype=torch.float32, device=device)
+    start = 0
+    for x in chunks():
+        out[start : start + len(x)] = (x - mean.float()) @ v
+        start += len(x)
+    return out
 
 
 @torch.no_grad()
@@ -321,7 +359,10 @@ def build_index(prepared, rows: np.ndarray, config: NeighbourConfig, device="cpu
 
 def _space_heatmaps(prepared, rows, space: str) -> np.ndarray:
     if space == "landmarks":
-        return prepared.heatmaps[rows]
+        heat = prepared.heatmaps
+        if len(rows) * int(np.prod(heat.shape[1:])) > POOLED_IN_MEMORY and isinstance(heat, (np.memmap, Rows)):
+            return Rows([(heat, rows)])  # a store too large for memory: read in chunks by heatmap_descriptors
+        return heat[rows]
     if space == "centre":
         return np.asarray(prepared.heatmap("centre")[rows])
     return normalised_landmark_heatmaps(prepared.landmarks[rows], prepared.images.shape[1], prepared.config.sigma)
@@ -335,10 +376,15 @@ def label_agreement(neighbours: np.ndarray, labels: np.ndarray) -> dict:
     """How often a neighbour has its query's label, against chance (two random images agreeing).
 
     Returns:
-        ``{"agreement": float, "chance": float, "per_class": {class id: float}}``.
+        ``{"agreement": float, "chance": float, "per_class": {class id: float}}``, over the pairs whose labels
+        are both known (None when there is none).
     """
     labels = np.asarray(labels)
+    known = labels >= 0  # faces without a label (pretraining data) take no part
+    both = known[:, None] & known[neighbours]  # (n, k): pairs whose labels are both known
     same = labels[neighbours] == labels[:, None]  # (n, k)
-    freq = np.bincount(labels) / len(labels)
-    per_class = {int(c): float(same[labels == c].mean()) for c in np.unique(labels)}
-    return {"agreement": float(same.mean()), "chance": float((freq**2).sum()), "per_class": per_class}
+    if not both.any():
+        return {"agreement": None, "chance": None, "per_class": {}}
+    freq = np.bincount(labels[known]) / known.sum()
+    per_class = {int(c): float(same[(labels == c)[:, None] & both].mean()) for c in np.unique(labels[known])}
+    return {"agreement": float(same[both].mean()), "chance": float((freq**2).sum()), "per_class": per_class}
