@@ -161,7 +161,9 @@ def _method(text: str, prepared, rows_train):
     config, train, _ = method_settings(name, recipe, methods.parse_settings(filter(None, settings.split(","))))
     cls = methods.get(name)
     torch.manual_seed(0)
-    spec = InputSpec(1 + ("+" in config.channels), 1, tuple(prepared.classes), prepared.images.shape[1], len(rows_train))
+    spec = InputSpec(
+        1 + ("+" in config.channels), 1, tuple(prepared.classes), prepared.images.shape[1], len(rows_train)
+    )
     return cls(config, spec), config, train
 
 
