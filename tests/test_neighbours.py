@@ -303,3 +303,28 @@ def test_recall_at_k_by_hand():
     assert recall_at_k(exact, exact) == 1.0
     with pytest.raises(ValueError):
         recall_at_k(found[:2], exact)
+
+
+def test_descriptors_of_a_set_too_large_for_memory_keep_the_distances(monkeypatch):
+    """Beyond POOLED_IN_MEMORY the components come from the covariance, chunk by chunk; on heatmaps that vary in
+    fewer directions than the components kept, both ways keep every distance between pooled heatmaps."""
+    from utils.methods import neighbours
+
+    rng = np.random.default_rng(0)
+    patterns = rng.random((3, 12, 12))
+    weights = rng.random((300, 3))
+    heat = np.clip(np.rint(np.einsum("nk,khw->nhw", weights, patterns) * 80), 0, 255).astype(np.uint8)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(heat).float()[:, None] / 255, 6).flatten(1)
+    def distances(x):
+        return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+
+    expected = distances(pooled)
+    in_memory = neighbours.heatmap_descriptors(heat, pool=6, components=8)
+    monkeypatch.setattr(neighbours, "POOLED_IN_MEMORY", 1000)
+    streamed = neighbours.heatmap_descriptors(heat, pool=6, components=8)
+    assert streamed.shape == (300, 8)
+    # the uint8 heatmaps' rounding adds a little variance in every direction, which the 8 components drop:
+    # up to half a grey level (0.002), far below the distances between these heatmaps (median 0.48)
+    torch.testing.assert_close(distances(streamed), expected, atol=2e-3, rtol=0)
+    torch.testing.assert_close(distances(in_memory), expected, atol=2e-3, rtol=0)
+    assert float(expected.median()) > 0.05

@@ -340,3 +340,30 @@ def test_self_supervised_methods_pretrain_on_labelled_and_unlabelled_faces_strea
     record = run.record
     assert record["dataset"]["split_sizes"]["unlabelled"] == 2
     assert "linear" in record["evaluations"] or "knn" in record["evaluations"]
+
+
+def test_a_cache_written_before_the_store_is_taken_over_without_preparing_again(fer, reference, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from utils.core import cache
+
+    settings = {"version": faces.CACHE_VERSION, "dataset": faces._fingerprint(fer), "config": asdict(CHEAP)}
+    key = cache.settings_key(settings)
+    keep = np.arange(1, 40)  # row 0 was unreadable, as the old format recorded it
+    old = {
+        "images": reference["images"][keep],
+        "landmarks": reference["landmarks"][keep],
+        "heatmaps": reference["heatmaps"][keep],
+        "face_found": reference["face_found"][keep],
+        "rows": keep,
+        "bad_rows": np.array([0]),
+        "bad_reasons": np.array(["0.png: cannot read image (broken)"]),
+    }
+    cache.save(cache.cache_path(tmp_path / "c", "fer2013-faces", key), key, old)
+    seen = counting(monkeypatch)
+    with pytest.warns(UserWarning, match="1 unreadable images skipped"):
+        prepared = prepare(fer, CHEAP, cache_dir=tmp_path / "c", workers=1, progress=False, chunk=6)
+    assert seen == [] and prepared.loaded_from_cache
+    np.testing.assert_array_equal(prepared.rows, keep)
+    np.testing.assert_array_equal(np.asarray(prepared.images), reference["images"][keep])
+    assert [str(p) for p in prepared.problems] == ["0.png: cannot read image (broken)"]

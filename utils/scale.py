@@ -6,8 +6,9 @@
                   of 1,000. Face ``i`` is face ``i mod 28,709``, seeded by ``i``: the set is the same on every run,
                   and a rerun skips the folders already written.
 ``peak-memory``   runs a command (after ``--``) and samples the memory of its process tree every 0.2 s: the peak
-                  of the tree's anonymous memory (what the processes allocated) and of its resident file pages
-                  (mapped store pages, which the OS may drop), and the wall time.
+                  of the tree's anonymous memory (what the processes allocated; a forked worker's pages shared
+                  with its parent count in both, so also its proportional share, PSS) and of its resident file
+                  pages (mapped store pages, which the OS may drop), and the wall time.
 ``speed``         pretraining images/s of a method (its CPU recipe) on FER2013 Training, the batches streamed from
                   the store against held in memory, alternating in one process (medians of repeats).
 ``epoch``         one pretraining epoch of a method on a prepared folder of faces (``--faces``), streamed from the
@@ -108,8 +109,10 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def _memory(pids) -> tuple[int, int]:
-    anon = file = 0
+def _memory(pids) -> tuple[int, int, int]:
+    """The tree's resident anonymous and file-backed bytes (each process counted whole), and its anonymous bytes
+    counted proportionally (PSS: a page a forked worker still shares with its parent is counted once)."""
+    anon = file = pss_anon = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/status") as f:
@@ -118,9 +121,13 @@ def _memory(pids) -> tuple[int, int]:
                         anon += int(line.split()[1]) << 10
                     elif line.startswith(("RssFile:", "RssShmem:")):
                         file += int(line.split()[1]) << 10
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss_Anon:"):
+                        pss_anon += int(line.split()[1]) << 10
         except OSError:
             pass
-    return anon, file
+    return anon, file, pss_anon
 
 
 def peak_memory(args) -> dict:
@@ -129,10 +136,11 @@ def peak_memory(args) -> dict:
         raise SystemExit("peak-memory: give the command after --")
     tic = time.perf_counter()
     child = subprocess.Popen(command)
-    peak_anon = peak_file = peak_total = 0
+    peak_anon = peak_file = peak_total = peak_pss = 0
     while child.poll() is None:
-        anon, file = _memory(_tree(child.pid))
+        anon, file, pss = _memory(_tree(child.pid))
         peak_anon, peak_file, peak_total = max(peak_anon, anon), max(peak_file, file), max(peak_total, anon + file)
+        peak_pss = max(peak_pss, pss)
         time.sleep(0.2)
     return {
         "what": "peak-memory",
@@ -142,6 +150,7 @@ def peak_memory(args) -> dict:
         "peak_anon_mb": round(peak_anon / 2**20, 1),
         "peak_file_mb": round(peak_file / 2**20, 1),
         "peak_rss_mb": round(peak_total / 2**20, 1),
+        "peak_anon_pss_mb": round(peak_pss / 2**20, 1),
     }
 
 

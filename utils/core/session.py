@@ -70,7 +70,8 @@ def begin(
 ) -> Notebook:
     """Set up a notebook from its parameters (``namespace`` is its ``globals()``).
 
-    Reads ``SEED``, ``DATASET``, ``DATA_PATH``, ``RECIPE``, ``MODEL`` and ``TRAIN`` from ``namespace``; a
+    Reads ``SEED``, ``DATASET``, ``DATA_PATH``, ``RECIPE``, ``MODEL``, ``TRAIN`` and ``UNLABELLED`` (folders of faces
+    without labels that pretraining also reads, :func:`utils.data.folder.read_faces`) from ``namespace``; a
     recipe's other values (``BACKBONES``, ``FINETUNE_TRAIN``, ...) fill the notebook's parameters left at None.
 
     Args:
@@ -116,6 +117,13 @@ def begin(
     if read and prepare:
         name = "fer2013" if nb.dataset.name == "ferplus" else nb.dataset.name  # FERPlus: FER2013's faces
         nb.prepared = prepare_faces(nb.dataset, remembered_config(name))
+        unlabelled = list(namespace.get("UNLABELLED") or [])
+        if unlabelled:  # faces without labels: the pretraining reads them too, evaluation does not
+            from utils.data import load_dataset
+            from utils.data.faces import merge
+
+            extra = [prepare_faces(load_dataset("faces", path), remembered_config(name)) for path in unlabelled]
+            nb.prepared = merge(nb.prepared, *extra)
         print(nb.prepared)
     return nb
 

@@ -117,7 +117,9 @@ def prepare_command(args) -> int:
     print(f"{prepared} in {store_folder(dataset, config, args.cache_dir)} ({how})")
     print(f"face detected: {stats['face_found']:.1%}   landmarks: {stats['landmarks']:.1%}")
     missed = prepared.rows[~prepared.face_found]
-    if len(missed):
+    if config.detector == "none":
+        print("faces not sought (--detector none): every image is taken to be a face crop")
+    elif len(missed):
         names = dataset.table["source"].to_numpy()[missed[:10]]
         print(
             f"{len(missed)} images with no face found (kept: landmarks sought in the fallback box, or centred)"
