@@ -315,6 +315,7 @@ def test_descriptors_of_a_set_too_large_for_memory_keep_the_distances(monkeypatc
     weights = rng.random((300, 3))
     heat = np.clip(np.rint(np.einsum("nk,khw->nhw", weights, patterns) * 80), 0, 255).astype(np.uint8)
     pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(heat).float()[:, None] / 255, 6).flatten(1)
+
     def distances(x):
         return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
 
