@@ -136,3 +136,22 @@ def test_a_users_recipe_file_naming_a_setting_the_method_lacks_is_an_error(tmp_p
     assert "widht" in capsys.readouterr().err
     ran = str(recipes.RECIPE_DIR / "ran" / "cpu.yaml")
     assert main(["supervised", "--recipe", ran, "--show"]) == 0  # another method's recipe: the settings it shares
+
+
+def test_begin_adds_the_unlabelled_folders_to_what_pretraining_reads(monkeypatch, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from utils.core.session import begin
+
+    folder = tmp_path / "my_faces"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (60, 60), dtype=np.uint8)).save(folder / f"{i}.png")
+    monkeypatch.setenv("FER_QUICK", "1")
+    namespace = {"RECIPE": "auto", "DATASET": "fer2013", "DATA_PATH": "data/fer2013", "MODEL": {}, "TRAIN": {},
+                 "UNLABELLED": [str(folder)], "SEED": 0}  # fmt: skip
+    nb = begin(namespace, "hncl")
+    splits = nb.prepared.splits
+    assert (splits == "unlabelled").sum() == 3 and (nb.prepared.labels[splits == "unlabelled"] == -1).all()
+    assert (splits == "train").sum() == (nb.dataset.table["split"] == "train").sum()  # the labelled set unchanged

@@ -486,7 +486,7 @@ def ran_shares(run, prepared, rows, condition: str = "eyes"):
     from utils.evaluation import robustness
 
     net = run.method.net.eval()
-    images = torch.from_numpy(prepared.images[rows][:, None])
+    images = torch.from_numpy(np.array(prepared.images[rows])[:, None])  # a copy: the store's pages are read-only
     masks = robustness.occlusion_masks(prepared.landmarks[rows], prepared.images.shape[1], condition)
     figures = []
     for label, batch in (("clean", images), (f"{condition} hidden", robustness.occlude(images, masks))):

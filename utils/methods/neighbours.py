@@ -99,7 +99,7 @@ def heatmap_descriptors(heatmaps: np.ndarray, pool: int, components: int, device
 
     def pooled_chunks():
         for start in range(0, len(heatmaps), 16384):  # in chunks: 290,000 float32 heatmaps at 48 px are 2.7 GB
-            chunk = np.ascontiguousarray(heatmaps[start : start + 16384])
+            chunk = np.array(heatmaps[start : start + 16384])  # a writable copy: a store's pages are read-only
             x = torch.from_numpy(chunk).to(device=device, dtype=torch.float32)[:, None] / 255
             if pool and pool < size:
                 x = F.adaptive_avg_pool2d(x, pool)
