@@ -367,3 +367,21 @@ def test_a_cache_written_before_the_store_is_taken_over_without_preparing_again(
     np.testing.assert_array_equal(prepared.rows, keep)
     np.testing.assert_array_equal(np.asarray(prepared.images), reference["images"][keep])
     assert [str(p) for p in prepared.problems] == ["0.png: cannot read image (broken)"]
+
+
+def test_two_processes_creating_one_store_share_it(tmp_path, monkeypatch):
+    fields = {"images": ("uint8", (2, 2))}
+    first = FaceStore.open(tmp_path / "s", "key", 4, 2, fields)
+    first.write(0, {"images": np.ones((2, 2, 2), np.uint8)})
+    # the second process looked before the first had renamed its store into place, and renames after it
+    real_is_file, calls = store.Path.is_file, []
+
+    def not_there_yet(self):
+        calls.append(self)
+        return False if len(calls) == 1 else real_is_file(self)
+
+    monkeypatch.setattr(store.Path, "is_file", not_there_yet)
+    monkeypatch.setattr(store.Path, "exists", lambda self: False)
+    second = FaceStore.open(tmp_path / "s", "key", 4, 2, fields)
+    monkeypatch.undo()
+    assert second.done() == {0} and not list(tmp_path.glob(".*.tmp"))

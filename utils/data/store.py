@@ -22,7 +22,8 @@ Rows are written with ``os.pwrite`` and ``fsync``; only then is the chunk's numb
 An interrupted preparation (killed, Ctrl-C, a full disk) therefore resumes from the chunks in the log: a
 chunk missing from it is prepared again from its first row, and one in it never is. A full disk is an
 ``OSError`` from ``pwrite`` (never a crash inside a mapped page); :class:`StoreFull` says how many chunks are
-finished and kept.
+finished and kept. Two processes preparing the same store at once (notebooks run side by side) share it: the
+store is created by an atomic rename, and a chunk both write holds the same bytes either way.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class FaceStore:
             (tmp / DONE).touch()
             (tmp / META).write_text(json.dumps(meta, indent=1))
             os.replace(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (folder / META).is_file():  # another process (a notebook, a test worker) created it first: share it
+                return cls(folder, json.loads((folder / META).read_text()))
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -188,7 +194,7 @@ class FaceStore:
     def arrays(self, mmap: bool = True) -> dict[str, np.ndarray]:
         """Every array, memory-mapped read-only (or read into memory with ``mmap=False``)."""
         out = {}
-        for name, spec in self.meta["fields"].items():
+        for name in self.meta["fields"]:
             path = self.folder / f"{name}.npy"
             if self.rows == 0 or not mmap:
                 out[name] = np.load(path)
@@ -216,7 +222,7 @@ class FaceStore:
                 continue
             if entry["chunk"] in done:
                 out += [tuple(p) for p in entry["problems"]]
-        return sorted(out)
+        return sorted(set(out))  # two processes preparing one store at once both log a chunk's problems
 
 
 def _append(path: Path, line: str) -> None:
