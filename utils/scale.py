@@ -41,10 +41,18 @@ PER_FOLDER = 1000
 # --------------------------------------------------------------------------------------------- face folder
 
 
+_PIXELS: dict = {}
+
+
+def _keep_pixels(pixels) -> None:  # each worker receives the source faces once
+    _PIXELS["train"] = pixels
+
+
 def _write_block(args) -> int:
     import cv2
 
-    pixels, out, block, count = args
+    out, block, count = args
+    pixels = _PIXELS["train"]
     folder = Path(out) / f"{block:04d}"
     done = folder / ".done"
     if done.is_file():
@@ -77,8 +85,8 @@ def face_folder(args) -> dict:
     pixels = ds.pixels[ds.split_indices("train")]
     blocks = range(-(-args.count // PER_FOLDER))
     tic = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        written = sum(pool.map(_write_block, [(pixels, args.out, b, args.count) for b in blocks], chunksize=4))
+    with ProcessPoolExecutor(args.workers, initializer=_keep_pixels, initargs=(pixels,)) as pool:
+        written = sum(pool.map(_write_block, [(args.out, b, args.count) for b in blocks], chunksize=4))
     seconds = time.perf_counter() - tic
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*.jpg")) if args.count <= 100_000 else None
     return {
@@ -220,33 +228,21 @@ def _faces(args):
 def epoch(args) -> dict:
     import torch
 
-    from utils.core.engine import amp_dtype, make_optimizer, to_channels_last
-    from utils.core.loader import BatchLoader, face_tensors
+    from utils.benchmarks import _suite_stepper
+    from utils.core.engine import amp_dtype
+    from utils.core.loader import face_tensors
 
     prepared = _faces(args)
     device = torch.device("cpu")
-    rows = np.arange(len(prepared))
-    method, config, tc = _method(args.method, prepared, rows)
+    method, config, tc = _method(args.method, prepared, np.arange(len(prepared)))
     train = face_tensors(prepared, None, config.channels, device, stream=True)
     method.prepare(train, prepared, tc)
-    to_channels_last(method, device)
-    optimizer = make_optimizer(method.param_groups(tc.weight_decay), tc)
-    loader = BatchLoader(train, tc.batch_size, shuffle=True, drop_last=True)
-    dtype = amp_dtype(device, tc.amp)
-    g = torch.Generator().manual_seed(0)
-    seen, tic = 0, time.perf_counter()
-    method.train()
-    for x, y, r in loader:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, _ = method(x, y, r, g)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        method.after_step(0.5)
-        seen += len(x)
-    seconds = time.perf_counter() - tic
-    return {"what": "epoch", "method": args.method, "faces": len(prepared), "images_seen": seen,
-            "seconds": round(seconds, 1), "images_per_s": round(seen / seconds, 1)}  # fmt: skip
+    run = _suite_stepper(method, train, tc.batch_size, tc.lr, tc.weight_decay, device, amp_dtype(device, tc.amp))
+    steps = len(train) // tc.batch_size  # one epoch, the last short batch dropped
+    tic = time.perf_counter()
+    rate = run(steps)
+    return {"what": "epoch", "method": args.method, "faces": len(prepared), "images_seen": steps * tc.batch_size,
+            "seconds": round(time.perf_counter() - tic, 1), "images_per_s": round(rate, 1)}  # fmt: skip
 
 
 def neighbours(args) -> dict:
