@@ -385,3 +385,12 @@ def test_two_processes_creating_one_store_share_it(tmp_path, monkeypatch):
     second = FaceStore.open(tmp_path / "s", "key", 4, 2, fields)
     monkeypatch.undo()
     assert second.done() == {0} and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_done_line_cut_short_by_a_kill_is_no_chunk_and_no_later_line_runs_into_it(tmp_path):
+    s = FaceStore.open(tmp_path / "s", "key", 8, 2, {"images": ("uint8", (1,))})
+    with open(s.folder / "done.log", "a") as f:
+        f.write("0\n1")  # killed while writing "1\n"... or "12\n"
+    assert s.done() == {0}
+    s.write(3, {"images": np.zeros((2, 1), np.uint8)})
+    assert s.done() == {0, 3} and (s.folder / "done.log").read_text() == "0\n1#\n3\n"

@@ -226,8 +226,11 @@ class FaceStore:
 
 
 def _append(path: Path, line: str) -> None:
-    with open(path, "a") as f:
-        f.write(line + "\n")
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            line = "#\n" + line  # a line cut short by a kill ("1" of "12") is spoiled, never read as a chunk
+        f.write((line + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 
