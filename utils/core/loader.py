@@ -88,7 +88,7 @@ class MappedFaces:
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        positions = np.arange(len(self.rows))[index] if isinstance(index, slice) else np.asarray(index)
+        positions = np.arange(*index.indices(len(self.rows))) if isinstance(index, slice) else np.asarray(index)
         return _stack_channels(self.prepared, self.rows[positions], self.channels).to(self.device)
 
 

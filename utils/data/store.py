@@ -285,7 +285,7 @@ class Rows:
         if isinstance(key, (int, np.integer)):
             return self.take(np.array([int(key)]))[0]
         if isinstance(key, slice):
-            return self.take(np.arange(len(self))[key])
+            return self.take(np.arange(*key.indices(len(self))))
         key = np.asarray(key)
         if key.dtype == bool:
             if key.shape != (len(self),):
