@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from utils.core.engine import TrainConfig
+from utils.core.engine import FitResult, TrainConfig, fit
+from utils.core.loader import face_tensors
 from utils.methods import InputSpec
 from utils.methods.byol import BYOLConfig
 from utils.methods.floors import RandomInitConfig, RawPixelsConfig
@@ -49,3 +50,14 @@ def randn(*shape, seed=0):
 def spec(train_size=100):
     """A grey 48-px, 7-class input description."""
     return InputSpec(1, 1, tuple("abcdefg"), 48, train_size)
+
+
+def train_on_sample(method_class, config, sample, epochs: int, steps: int, seed: int = 0):
+    """A self-supervised method, seeded, trained ``epochs`` x ``steps`` steps of 16 grey sample faces at lr 0.05
+    (no warm-up, no autocast): the method and its :class:`FitResult`."""
+    train = face_tensors(sample, "train", "gray")
+    torch.manual_seed(seed)
+    method = method_class(config, spec(len(train)))
+    settings = TrainConfig(epochs=epochs, batch_size=16, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5)
+    result: FitResult = fit(method, train, settings, None, progress=False, steps_per_epoch=steps)
+    return method, result

@@ -8,10 +8,8 @@ import math
 
 import pytest
 import torch
-from helpers import BYOL_SMALL, randn, spec
+from helpers import BYOL_SMALL, randn, spec, train_on_sample
 
-from utils.core.engine import TrainConfig, fit
-from utils.core.loader import face_tensors
 from utils.methods.byol import BYOL, BYOLConfig, sized_base_momentum, target_momentum
 from utils.methods.heads import mlp, update_momentum
 from utils.methods.losses import byol_loss
@@ -140,12 +138,10 @@ def test_the_target_leaves_its_random_start_within_a_short_run(sample, share):
     """40 steps: with the base rate sized to the run, the target ends nearer the online network than its own
     random start (it keeps at most 1 % of it); with the paper's fixed 0.996 it keeps 0.996^40 * ... = 88 % and
     ends nearer its start, the state of the suite's 30-minute runs before (42-50 % kept after 350-440 steps)."""
-    train = face_tensors(sample, "train", "gray")
-    torch.manual_seed(0)
-    method = BYOL(BYOLConfig(**BYOL_SMALL, random_start_share=share), spec(len(train)))
-    start = {n: p.detach().clone() for n, p in method.target_encoder.named_parameters()}
-    config = TrainConfig(epochs=4, batch_size=16, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5)
-    fit(method, train, config, None, progress=False, steps_per_epoch=10)
+    config = BYOLConfig(**BYOL_SMALL, random_start_share=share)
+    torch.manual_seed(0)  # the start train_on_sample seeds
+    start = {n: p.detach().clone() for n, p in BYOL(config, spec()).target_encoder.named_parameters()}
+    method, _ = train_on_sample(BYOL, config, sample, epochs=4, steps=10)
     moved, apart = target_distance(method, start)
     if share is None:
         assert moved < apart
@@ -158,18 +154,8 @@ def test_the_target_leaves_its_random_start_within_a_short_run(sample, share):
 
 @pytest.mark.slow
 def test_the_loss_falls_over_20_steps_on_the_sample(sample):
-    method_class, config = BYOL, BYOLConfig(**BYOL_SMALL, symmetric=False, random_start_share=0.01)  # CPU recipe
-    train = face_tensors(sample, "train", "gray")
-    torch.manual_seed(0)
-    method = method_class(config, spec(len(train)))
-    result = fit(
-        method,
-        train,
-        TrainConfig(epochs=4, batch_size=16, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5),
-        None,
-        progress=False,
-        steps_per_epoch=5,
-    )
+    config = BYOLConfig(**BYOL_SMALL, symmetric=False, random_start_share=0.01)  # the CPU recipe's
+    _, result = train_on_sample(BYOL, config, sample, epochs=4, steps=5)
     losses = [h["train_loss"] for h in result.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
     base = sized_base_momentum(0.996, 20, 0.01)  # the rate for 20 steps

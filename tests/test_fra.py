@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import BYOL_SMALL, FRA_SMALL, randn, spec
+from helpers import BYOL_SMALL, FRA_SMALL, randn, spec, train_on_sample
 
-from utils.core.engine import TrainConfig, fit
-from utils.core.loader import face_tensors
 from utils.evaluation.regions import GROUPS, group_map, group_shares, region_table
 from utils.methods.fra import FRA, FRAConfig, sine_positions
 from utils.methods.losses import byol_loss, region_loss, relation_loss, sinkhorn
@@ -169,19 +167,7 @@ def test_a_heatmap_on_the_mouth_has_its_mass_there():
 
 @pytest.mark.slow
 def test_the_loss_falls_over_20_steps_on_the_sample(sample):
-    method_class = FRA
-    config = FRAConfig(**FRA_SMALL)
-    train = face_tensors(sample, "train", "gray")
-    torch.manual_seed(0)
-    method = method_class(config, spec(len(train)))
-    result = fit(
-        method,
-        train,
-        TrainConfig(epochs=4, batch_size=16, lr=0.05, amp=False, warmup_epochs=0, weight_decay=1e-5),
-        None,
-        progress=False,
-        steps_per_epoch=5,
-    )
+    _, result = train_on_sample(FRA, FRAConfig(**FRA_SMALL), sample, epochs=4, steps=5)
     losses = [h["train_loss"] for h in result.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
     assert result.history[0]["train_momentum"] < result.history[-1]["train_momentum"] < 1.0  # rising on its cosine
