@@ -230,16 +230,10 @@ def fit(
             method, device_ids=[device.index] if device.type == "cuda" else None
         )
     parts = {"model": method, "optimizer": optimizer, "scaler": scaler, "ema": ema}
-    result, start_epoch, step = FitResult(run_dir), 0, 0
-    last = run_dir / "last.pt" if run_dir is not None else None
-    if last is not None and last.is_file():
-        state = resume(last, parts, device)
-        start_epoch, step, result.history = state["epoch"] + 1, state["step"], list(state["history"])
-        result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
-        result.train_seconds, result.resumed_from_epoch = state["train_seconds"], state["epoch"]
-        budget.load_state_dict(state)
-        if main and progress:
-            print(f"resuming {run_dir.name} after epoch {state['epoch'] + 1}/{config.epochs}")
+    result = FitResult(run_dir)
+    start_epoch, step = _resume(run_dir, parts, device, result, budget)
+    if start_epoch and main and progress:
+        print(f"resuming {run_dir.name} after epoch {start_epoch}/{config.epochs}")
 
     from tqdm.auto import tqdm
 
@@ -266,15 +260,7 @@ def fit(
             result.best_score, result.best_epoch = float(scores["score"]), epoch
         since_best = 0 if improved else since_best + 1
         if main and run_dir is not None:
-            if improved:
-                save_atomic(
-                    {"model": kept.state_dict(), "epoch": epoch, "score": result.best_score}, run_dir / "best.pt"
-                )
-            progress_state = {"epoch": epoch, "step": step, "history": result.history, "best_epoch": result.best_epoch,
-                              "best_score": result.best_score, "train_seconds": result.train_seconds,
-                              **budget.state_dict()}  # fmt: skip
-            save_resume_point(last, parts, progress_state)
-            write_log(run_dir / "log.csv", result.history)
+            _save_epoch(run_dir, kept if improved else None, parts, result, budget, epoch, step)
         dist_utils.barrier()
         epochs_bar.set_postfix({k: f"{v:.4f}" for k, v in scores.items()})
         if config.patience is not None and since_best >= config.patience:
@@ -289,6 +275,30 @@ def fit(
         method.load_state_dict(ema.module.state_dict())
     method.eval()
     return result
+
+
+def _resume(run_dir: Path | None, parts: dict, device, result: FitResult, budget: TimeBudget) -> tuple[int, int]:
+    """Load ``run_dir/last.pt`` into ``parts``, ``result`` and ``budget`` if it is there: ``(first epoch to
+    train, optimizer steps taken)``, ``(0, 0)`` for a fresh start."""
+    last = run_dir / "last.pt" if run_dir is not None else None
+    if last is None or not last.is_file():
+        return 0, 0
+    state = resume(last, parts, device)
+    result.history = list(state["history"])
+    result.best_epoch, result.best_score = state["best_epoch"], state["best_score"]
+    result.train_seconds, result.resumed_from_epoch = state["train_seconds"], state["epoch"]
+    budget.load_state_dict(state)
+    return state["epoch"] + 1, state["step"]
+
+
+def _save_epoch(run_dir: Path, best: nn.Module | None, parts: dict, result: FitResult, budget, epoch: int, step: int):
+    """After an epoch: ``best.pt`` when ``best`` (the kept weights) improved, the resume point and the log."""
+    if best is not None:
+        save_atomic({"model": best.state_dict(), "epoch": epoch, "score": result.best_score}, run_dir / "best.pt")
+    progress = {"epoch": epoch, "step": step, "history": result.history, "best_epoch": result.best_epoch,
+                "best_score": result.best_score, "train_seconds": result.train_seconds, **budget.state_dict()}  # fmt: skip
+    save_resume_point(run_dir / "last.pt", parts, progress)
+    write_log(run_dir / "log.csv", result.history)
 
 
 def _train_epoch(model, method, batches, optimizer, scaler, ema, dtype, budget, config, epoch, step, result, tic):
