@@ -142,16 +142,7 @@ def run(
         )
     label = label or cls.name
     protocol = protocol or ("supervised" if cls.kind == "classifier" else "pretrain" if cls.trains else "floor")
-    setup = {
-        "method": cls.name,
-        **config_dict(model=config, train=_train_identity(cls, tc), data=data_record(prepared)),
-    }
-    if label != cls.name or protocol not in ("supervised", "pretrain", "floor"):
-        setup.update(label=label, protocol=protocol)
-    if steps_per_epoch:  # a capped run (a smoke test) is not the run the same settings would give uncapped
-        setup["steps_per_epoch"] = int(steps_per_epoch)
-    if init is not None:  # the starting weights are part of the configuration, by content
-        setup["init_sha1"] = hashlib.sha1(Path(init).read_bytes()).hexdigest()
+    setup = _identity(cls, config, tc, prepared, label, protocol, steps_per_epoch, init)
     folder = run_dir(name or f"{label}-{prepared.name}", setup, checkpoint_dir)
     if not force and finished(folder) is None:  # recorded under another name by an older version of the suite?
         folder = find_finished(setup, folder.parent) or folder
@@ -214,15 +205,37 @@ def run(
     if main:
         record["evaluations"] = evaluate(method, prepared, device, amp, protocol)
         record["wall_seconds"] = round(time.perf_counter() - tic, 1)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(method.state_dict(), folder / MODEL_FILE)
-        if hasattr(method, "encoder"):
-            torch.save(method.encoder_state(), folder / BACKBONE_FILE)
-        write_record(folder, record)
-        for transient in ("last.pt", "best.pt"):  # resume state and a copy of model.pt: not needed any more
-            (folder / transient).unlink(missing_ok=True)
+        _save_run(folder, method, record)
     dist_utils.barrier()
     return Run(folder, method, finished(folder) or record, loaded=False, fit=result)
+
+
+def _identity(cls, config, tc: TrainConfig, prepared, label: str, protocol: str, steps_per_epoch, init) -> dict:
+    """What names a run (its folder's hash and the record's ``config``): the method, its settings, the training
+    settings that change the result, the data, and what differs from a plain run of the method."""
+    setup = {
+        "method": cls.name,
+        **config_dict(model=config, train=_train_identity(cls, tc), data=data_record(prepared)),
+    }
+    if label != cls.name or protocol not in ("supervised", "pretrain", "floor"):
+        setup.update(label=label, protocol=protocol)
+    if steps_per_epoch:  # a capped run (a smoke test) is not the run the same settings would give uncapped
+        setup["steps_per_epoch"] = int(steps_per_epoch)
+    if init is not None:  # the starting weights are part of the configuration, by content
+        setup["init_sha1"] = hashlib.sha1(Path(init).read_bytes()).hexdigest()
+    return setup
+
+
+def _save_run(folder: Path, method: Method, record: dict) -> None:
+    """Write a finished run: its weights, its backbone's, its record (last: a run with a record is finished),
+    and drop the resume state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(method.state_dict(), folder / MODEL_FILE)
+    if hasattr(method, "encoder"):
+        torch.save(method.encoder_state(), folder / BACKBONE_FILE)
+    write_record(folder, record)
+    for transient in ("last.pt", "best.pt"):  # resume state and a copy of model.pt: not needed any more
+        (folder / transient).unlink(missing_ok=True)
 
 
 def init_summary(init) -> dict | None:
