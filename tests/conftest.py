@@ -1,5 +1,6 @@
 """Make the repository importable (``import utils``) however pytest is started, share the prepared sample, and
-split the work between two pytest-xdist workers (``-n 2``): one runs the notebooks, the other the unit tests."""
+split the work between two pytest-xdist workers (``-n 2``): one runs the notebooks (and the torchrun test),
+the other the unit tests."""
 
 import os
 import sys
@@ -39,18 +40,25 @@ def pytest_unconfigure(config):
         shutil.rmtree(made, ignore_errors=True)
 
 
+# unit-test modules that run beside the notebooks, not the other unit tests: the two units of work then take
+# about as long (the torchrun test starts three processes of its own for about 25 s)
+BESIDE_NOTEBOOKS = ("tests/test_distributed.py",)
+
+
 def pytest_xdist_make_scheduler(config, log):
     """With ``-n``: two units of work, the notebooks (their cells share one kernel, and they read each other's
-    runs: 07 needs 02's, 08 03-05's, 09 all) in their order on one worker, the unit tests (whose module-scoped
-    fixtures train once) on another. Scopes are told apart by node id: pytest 9.2 ignores the node-id suffix
-    with which ``--dist loadgroup`` groups marked tests (pytest-xdist issue 1386)."""
+    runs: 07 needs 02's, 08 03-05's, 09 all) in their order on one worker with ``BESIDE_NOTEBOOKS``, the unit
+    tests (whose module-scoped fixtures train once) on another. Scopes are told apart by node id: pytest 9.2
+    ignores the node-id suffix with which ``--dist loadgroup`` groups marked tests (pytest-xdist issue 1386)."""
     if config.getvalue("dist") != "load":  # another --dist asked for explicitly
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     class NotebooksApart(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "notebooks" if "ipynb" in nodeid.split("[")[0] else "unit"  # not a test parametrized by one
+            path = nodeid.split("::")[0]
+            beside = "ipynb" in nodeid.split("[")[0] or path in BESIDE_NOTEBOOKS  # not a test parametrized by one
+            return "notebooks" if beside else "unit"
 
     return NotebooksApart(config, log)
 
