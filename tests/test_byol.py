@@ -135,13 +135,14 @@ def target_distance(method: BYOL, start: dict) -> tuple[float, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("share", [0.01, None])
 def test_the_target_leaves_its_random_start_within_a_short_run(sample, share):
-    """40 steps: with the base rate sized to the run, the target ends nearer the online network than its own
-    random start (it keeps at most 1 % of it); with the paper's fixed 0.996 it keeps 0.996^40 * ... = 88 % and
-    ends nearer its start, the state of the suite's 30-minute runs before (42-50 % kept after 350-440 steps)."""
+    """20 steps: with the base rate sized to the run, the target ends nearer the online network than its own
+    random start (it keeps at most 1 % of it; measured: 8 times nearer); with the paper's fixed 0.996 it keeps
+    0.996^20 * ... = 92 % and ends nearer its start, the state of the suite's 30-minute runs before (42-50 %
+    kept after 350-440 steps)."""
     config = BYOLConfig(**BYOL_SMALL, random_start_share=share)
     torch.manual_seed(0)  # the start train_on_sample seeds
     start = {n: p.detach().clone() for n, p in BYOL(config, spec()).target_encoder.named_parameters()}
-    method, _ = train_on_sample(BYOL, config, sample, epochs=4, steps=10)
+    method, _ = train_on_sample(BYOL, config, sample, epochs=2, steps=10)
     moved, apart = target_distance(method, start)
     if share is None:
         assert moved < apart

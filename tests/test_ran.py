@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from helpers import RAN_SHARED_MAP, RUN_TRAIN, randn, run_configs
 
 from utils.core import runs
-from utils.core.engine import TrainConfig
+from utils.core.engine import TrainConfig, fit
+from utils.core.loader import face_tensors
 from utils.data import ferplus_distribution
 from utils.evaluation import robustness
 from utils.evaluation.robustness import OCCLUSIONS, occlude, occlusion_masks, yaw_proxy
@@ -309,20 +310,24 @@ def test_regions_cut_from_a_stage_map_are_the_crops_they_stand_for():
 
 
 @pytest.mark.slow
-def test_ran_attention_keeps_the_face_and_stays_unsaturated_while_training(sample, tmp_path):
-    """100 steps on the sample with the region-biased loss at full weight from the first step (no ramp: the
+def test_ran_attention_keeps_the_face_and_stays_unsaturated_while_training(sample):
+    """48 steps on the sample with the region-biased loss at full weight from the first step (no ramp: the
     harshest case), at lr 0.1. The face's share of the pooled face stays above half of a uniform share: the
     region-biased loss asks only that some crop's weight exceed the face's by the margin (with four regions,
     weights 0.2 / 0.3 / 0.25 / 0.25 meet it), so a face share below that would be the collapse seen with the
-    paper's normalisation. The attention logits stay where a sigmoid passes > 7 % of its gradient (|logit| < 4
-    on average): before this version they averaged 16-33 on this test, and the attention could not move."""
+    paper's normalisation on the image path. The attention logits stay where a sigmoid passes > 7 % of its
+    gradient (|logit| < 4 on average): with the paper's normalisation (``attention="sum"``) the same 48 steps
+    end at 7-9 from the second epoch on, and the attention can no longer move."""
     config = RANConfig(stem_stride=4, tta=None, rb_warmup=0.0, **RAN_SHARED_MAP)
-    train = TrainConfig(epochs=4, batch_size=32, lr=0.1, warmup_epochs=0, seed=0)
-    run = runs.run(config, sample, train, checkpoint_dir=tmp_path, device="cpu", progress=False, steps_per_epoch=25)
-    regions = len(run.method.crop_names)
-    for epoch in run.history:
-        assert epoch["train_face_share"] > 0.5 / regions, run.history
-        assert epoch["train_attention_logit"] < 4.0, run.history
+    train = face_tensors(sample, "train", "gray")
+    torch.manual_seed(0)
+    method = RAN(config, InputSpec(1, 1, tuple(sample.classes), 48, len(train)))
+    settings = TrainConfig(epochs=4, batch_size=32, lr=0.1, warmup_epochs=0, seed=0)
+    history = fit(method, train, settings, None, progress=False, steps_per_epoch=12).history
+    regions = len(method.crop_names)
+    for epoch in history:
+        assert epoch["train_face_share"] > 0.5 / regions, history
+        assert epoch["train_attention_logit"] < 4.0, history
 
 
 def test_the_region_biased_loss_is_ramped_in():
