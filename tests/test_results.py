@@ -55,15 +55,16 @@ def test_page_check_fails_when_out_of_date(finished_runs, tmp_path, capsys):
     assert "out of date" in capsys.readouterr().err
 
 
-def _ferplus_record(method, seed, images_per_second, shift=None):
+def _ferplus_record(method, seed, images_per_second, shift=None, init=None):
     conditions = {c: {"accuracy": 0.5} for c in (*results.OCCLUSION_COLUMNS, *results.POSE_COLUMNS)}
     return {
+        **({"init_run": {"run": init, "method": "byol", "train_seconds": 1800.0}} if init else {}),
         "run_dir": f"{method}-ferplus-{seed}",
         "method": method,
         "seed": seed,
         "protocol": "supervised",
         "dataset": {"name": "ferplus"},
-        "config": {"model": {"backbone": "resnet18", "width": 32}},
+        "config": {"model": {"backbone": "resnet18", "width": 32}, **({"init_sha1": init} if init else {})},
         "evaluations": {"supervised": {"val": {"accuracy": 0.8, "macro_f1": 0.7}}},
         "images_per_second": images_per_second,
         "robustness": {"ferplus/val": {"conditions": conditions, "attention_shift": shift or {}}},
@@ -83,6 +84,21 @@ def test_the_ferplus_section_gives_the_cost_per_image_and_whether_a_covered_crop
     assert "| eyes | top-left | 0.300 | 0.200 | yes |" in text
     assert "| mouth | bottom-centre | 0.300 | 0.400 | no |" in text
     assert text.count("| 50.0 % |") >= 2  # the occluded mean beside the five occlusions
+
+
+def test_a_pretrained_ran_is_costed_against_the_plain_network_from_the_same_start():
+    records = [
+        _ferplus_record("supervised", 0, 600.0),
+        _ferplus_record("supervised", 0, 500.0, init="byol-x"),
+        _ferplus_record("ran", 0, 400.0, init="byol-x"),
+        _ferplus_record("ran", 0, 300.0),
+    ]
+    rows = [line for line in results.ferplus_section(records) if line.startswith("| ran |") and "×" in line]
+    assert len(rows) == 2
+    assert "byol run `byol-x` |" in rows[0] or "byol run `byol-x` |" in rows[1]
+    costs = {("byol-x" in row): row.split(" | ")[5] for row in rows}
+    assert costs == {True: "1.25×", False: "2.00×"}  # 500 / 400 from the same start, 600 / 300 from random weights
+    assert "30.0 start" in "".join(rows)  # the start run's minutes are counted
 
 
 def test_a_run_made_in_a_notebook_is_recorded_with_the_command_given(finished_runs, tmp_path):

@@ -242,14 +242,19 @@ def label_section(records: list[dict]) -> list[str]:
 
 def ferplus_section(records: list[dict]) -> list[str]:
     rows, robust, shifts = [], [], []
-    plain = {x.get("seed"): x for x in records if x.get("method") == "supervised" and not x.get("init_run")}
+
+    def start_of(x: dict) -> tuple:  # the run a model started from (None: random weights)
+        return x.get("seed"), (x.get("init_run") or {}).get("run")
+
+    plain = {start_of(x): x for x in records if x.get("method") == "supervised"}  # the same start and seed
     for group in _by_setting(records):
         r = group[0]
-        start = (r.get("init_run") or {}).get("method") or "random weights"
+        init = r.get("init_run") or {}
+        start = f"{init.get('method')} run `{init.get('run')}`" if init else "random weights"
         cost = [
-            plain[x.get("seed")]["images_per_second"] / x["images_per_second"]
+            plain[start_of(x)]["images_per_second"] / x["images_per_second"]
             for x in group
-            if x.get("seed") in plain and x.get("images_per_second")
+            if start_of(x) in plain and x.get("images_per_second")
         ]
         rows.append(
             [
