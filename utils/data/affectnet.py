@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from utils.data.labels import AFFECTNET_DROPPED, AFFECTNET_TO_CANONICAL, FOLDER_NAMES
+
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 from .splits import _per_class_mask
 
@@ -157,6 +158,23 @@ def _csv_records(file: Path):
         raise DatasetError(f"{file}: not a readable CSV file ({e})") from e
 
 
+def csv_rows(file: Path, problems: list):
+    """The records of an AffectNet-style CSV (:func:`_csv_records`) as ``(where, fields, at)``: ``where`` names the
+    file and line, ``at`` maps a column name to its index. Blank lines are skipped; a record with the wrong number
+    of fields goes to ``problems`` (a :class:`Problem`) and is skipped."""
+    records = _csv_records(file)
+    columns = next(records)
+    at = {name: columns.index(name) for name in columns}
+    for line, fields in records:
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # blank line
+        where = f"{file.name} line {line}"
+        if len(fields) != len(columns):
+            problems.append(Problem(where, f"{len(fields)} fields, expected {len(columns)}"))
+            continue
+        yield where, fields, at
+
+
 def _image_root(path: Path) -> Path:
     return next(path / f for f in IMAGE_FOLDERS if (path / f).is_dir())
 
@@ -189,17 +207,7 @@ def _read_csvs(path: Path, files: list[Path], strict: bool, max_per_class, seed:
     listed = 0
     for file in files:
         split = CSV_SPLITS[file.name.removesuffix(".gz")]
-        records = _csv_records(file)
-        columns = next(records)
-        at = {name: columns.index(name) for name in COLUMNS}
-        width = len(columns)
-        for line, fields in records:
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
-            where = f"{file.name} line {line}"
-            if len(fields) != width:
-                problems.append(Problem(where, f"{len(fields)} fields, expected {width}"))
-                continue
+        for where, fields, at in csv_rows(file, problems):
             value = fields[at["expression"]].strip()
             try:
                 expression = int(value)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.data.labels import FOLDER_NAMES
+
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 
 NUM_CLASSES = 8  # the seven basic expressions and contempt

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils.data.labels import EMOTIONS
 from utils.core.runtime import show_progress
+from utils.data.labels import EMOTIONS
+
 from .base import FaceDataset
 
 _DONE = ".export-complete"
@@ -42,7 +43,9 @@ def export_image_folders(dataset: FaceDataset, folder, overwrite: bool = False, 
             (partial / split / name).mkdir(parents=True, exist_ok=True)
     width = len(str(len(dataset)))
     table = dataset.table
-    for i in tqdm(range(len(dataset)), desc=f"exporting {dataset.name}", disable=not show_progress(progress), mininterval=1.0):
+    for i in tqdm(
+        range(len(dataset)), desc=f"exporting {dataset.name}", disable=not show_progress(progress), mininterval=1.0
+    ):
         split, label = table.at[i, "split"], table.at[i, "label"]
         stem = Path(table.at[i, "path"]).stem if "path" in table else f"{i:0{width}d}"
         image = dataset.image(i)

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 import shutil
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -441,7 +441,9 @@ class PreparedFaces:
     def detection_stats(self) -> dict:
         """Share of images with a detected face and with landmarks, overall and per split."""
         step = 1 << 16  # in pieces: a million faces' landmarks are 544 MB, memory-mapped
-        pieces = [np.isfinite(np.asarray(self.landmarks[s : s + step])).all(axis=(1, 2)) for s in range(0, len(self), step)]
+        pieces = [
+            np.isfinite(np.asarray(self.landmarks[s : s + step])).all(axis=(1, 2)) for s in range(0, len(self), step)
+        ]
         has_landmarks = np.concatenate(pieces) if pieces else np.zeros(0, dtype=bool)
         out = {
             "images": len(self),
@@ -564,7 +566,9 @@ def _fill(store: FaceStore, dataset: FaceDataset, config: FaceConfig, workers: i
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="face", unit_scale=True, disable=not show_progress(enabled), mininterval=1.0)
+    return tqdm(
+        total=total, desc=desc, unit="face", unit_scale=True, disable=not show_progress(enabled), mininterval=1.0
+    )
 
 
 def _from_old_cache(store: FaceStore, path: Path) -> None:

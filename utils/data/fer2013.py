@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from utils.data.labels import EMOTIONS, FER2013_TO_CANONICAL, FERPLUS_COLUMNS, FERPLUS_TO_CANONICAL, FOLDER_NAMES
+
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 
 FER_SIDE = 48

@@ -42,8 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .affectnet import COLUMNS as AFFECTNET_COLUMNS
-from .affectnet import _csv_records, _number, _parse_landmarks
+from .affectnet import _number, _parse_landmarks, csv_rows
 from .base import IMAGE_SUFFIXES, UNLABELLED, DatasetError, FaceDataset, Problem, report
 from .labels import NUM_BASIC
 
@@ -190,19 +189,9 @@ def _read_automatic(path: Path, csv_file: Path, strict: bool, max_images) -> Fac
     prefix = AUTOMATIC_IMAGES + "/"
 
     rows, chunks, marks, problems = [], [], [], []
-    records = _csv_records(csv_file)
-    columns = next(records)
-    at = {name: columns.index(name) for name in AFFECTNET_COLUMNS}
-    width = len(columns)
-    for line, fields in records:
+    for where, fields, at in csv_rows(csv_file, problems):
         if max_images is not None and len(rows) == max_images:
             break
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue  # blank line
-        where = f"{csv_file.name} line {line}"
-        if len(fields) != width:
-            problems.append(Problem(where, f"{len(fields)} fields, expected {width}"))
-            continue
         name = fields[at["subdirectory_filepath"]].strip().replace("\\", "/").lstrip("/")
         rel = next((r for r in (prefix + name, name) if r in sizes), None)
         if rel is None:  # relative to path, outside the images folder: list the rest of the tree, once

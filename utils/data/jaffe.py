@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.data.labels import JAFFE_TO_CANONICAL, NUM_BASIC
+
 from .base import IMAGE_SUFFIXES, DatasetError, FaceDataset, Problem, report
 
 NAME_PATTERN = re.compile(r"^([A-Za-z]+)\.([A-Za-z]+)(\d*)\.(\d+)$")  # KA.AN1.39

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from utils.data.labels import FOLDER_NAMES, NUM_BASIC, RAFDB_TO_CANONICAL
+
 from .base import DatasetError, FaceDataset, Problem, report, scan_class_folders
 
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"

@@ -83,7 +83,9 @@ class FaceStore:
             "key": key,
             "rows": int(rows),
             "chunk": int(max(1, chunk)),
-            "fields": {name: {"dtype": np.dtype(dtype).str, "shape": list(shape)} for name, (dtype, shape) in fields.items()},
+            "fields": {
+                name: {"dtype": np.dtype(dtype).str, "shape": list(shape)} for name, (dtype, shape) in fields.items()
+            },
         }
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{folder.name}-{os.getpid()}.tmp"
