@@ -16,8 +16,8 @@ from utils.methods.neighbours import NeighbourConfig
 from utils.methods.ran import RANConfig
 from utils.methods.supervised import SupervisedConfig
 
-# BYOL-family heads small enough for a CPU test
-BYOL_SMALL = {"stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
+# BYOL-family networks and heads small enough for a CPU test (width 32: the CPU recipes')
+BYOL_SMALL = {"width": 32, "stem_stride": 4, "projector_hidden": 64, "projector_dim": 32, "predictor_hidden": 64}
 # FRA on top of them: at stem stride 4 layer2 is the 6x6 map that layer3 is at stride 2, for half the step time
 FRA_SMALL = {**BYOL_SMALL, "region_stage": "layer2", "dense_hidden": 32}
 
@@ -29,15 +29,16 @@ RUN_STEPS = 2  # per epoch
 
 def run_configs() -> dict:
     """A small config of every method, by method name."""
-    ssl = {"stem_stride": 4, "queue_size": 64, "hidden": 32, "dim": 16, "key_momentum": 0.99}
+    small = {"width": 32, "stem_stride": 4}  # the CPU recipes' width, a quarter of the cost
+    ssl = {**small, "queue_size": 64, "hidden": 32, "dim": 16, "key_momentum": 0.99}
     return {
-        "supervised": SupervisedConfig(stem_stride=4, tta="flip"),
+        "supervised": SupervisedConfig(**small, tta="flip"),
         "moco_v2": MoCoConfig(**ssl),
         "hncl": HNCLConfig(**ssl, neighbours=NeighbourConfig(k=3)),
         "byol": BYOLConfig(**BYOL_SMALL),
         "fra": FRAConfig(**FRA_SMALL),
-        "ran": RANConfig(stem_stride=4, tta="flip", **RAN_SHARED_MAP),
-        "random-init": RandomInitConfig(stem_stride=4),
+        "ran": RANConfig(**small, tta="flip", **RAN_SHARED_MAP),
+        "random-init": RandomInitConfig(**small),
         "raw-pixels": RawPixelsConfig(),
     }
 

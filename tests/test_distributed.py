@@ -40,7 +40,7 @@ from utils.methods.moco import MoCo, MoCoConfig
 out = sys.argv[1]
 assert dist_utils.init_from_env("cpu"), "not launched by torchrun?"
 rank, world = dist_utils.rank(), dist_utils.world_size()
-config = MoCoConfig(backbone="resnet18", stem_stride=4, queue_size=32, hidden=32, dim=8, key_bn_splits=2)
+config = MoCoConfig(backbone="resnet18", width=32, stem_stride=4, queue_size=32, hidden=32, dim=8, key_bn_splits=2)
 spec = InputSpec(1, 1, ("a", "b"), 48, 96)
 batch = 8
 
@@ -190,8 +190,8 @@ ds, _ = load_dataset_or_sample("fer2013", "x", quick=True)
 prepared = prepare(ds, FaceConfig(), cache_dir=cache, workers=1, progress=False)
 train = TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0, seed=0, amp=False)
 configs = {
-    "supervised": SupervisedConfig(stem_stride=4, tta=None),
-    "byol": BYOLConfig(stem_stride=4, projector_hidden=32, projector_dim=16, predictor_hidden=32),
+    "supervised": SupervisedConfig(width=32, stem_stride=4, tta=None),
+    "byol": BYOLConfig(width=32, stem_stride=4, projector_hidden=32, projector_dim=16, predictor_hidden=32),
 }
 seen = {}
 for name, config in configs.items():
