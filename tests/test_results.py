@@ -55,8 +55,8 @@ def test_page_check_fails_when_out_of_date(finished_runs, tmp_path, capsys):
     assert "out of date" in capsys.readouterr().err
 
 
-def _ferplus_record(method, seed, images_per_second, shift=None, init=None):
-    conditions = {c: {"accuracy": 0.5} for c in (*results.OCCLUSION_COLUMNS, *results.POSE_COLUMNS)}
+def _ferplus_record(method, seed, images_per_second, shift=None, init=None, acc=0.8, occluded=0.5):
+    conditions = {c: {"accuracy": occluded} for c in (*results.OCCLUSION_COLUMNS, *results.POSE_COLUMNS)}
     return {
         **({"init_run": {"run": init, "method": "byol", "train_seconds": 1800.0}} if init else {}),
         "run_dir": f"{method}-ferplus-{seed}",
@@ -65,7 +65,7 @@ def _ferplus_record(method, seed, images_per_second, shift=None, init=None):
         "protocol": "supervised",
         "dataset": {"name": "ferplus"},
         "config": {"model": {"backbone": "resnet18", "width": 32}, **({"init_sha1": init} if init else {})},
-        "evaluations": {"supervised": {"val": {"accuracy": 0.8, "macro_f1": 0.7}}},
+        "evaluations": {"supervised": {"val": {"accuracy": acc, "macro_f1": 0.7}}},
         "images_per_second": images_per_second,
         "robustness": {"ferplus/val": {"conditions": conditions, "attention_shift": shift or {}}},
     }
@@ -96,9 +96,25 @@ def test_a_pretrained_ran_is_costed_against_the_plain_network_from_the_same_star
     rows = [line for line in results.ferplus_section(records) if line.startswith("| ran |") and "×" in line]
     assert len(rows) == 2
     assert "byol run `byol-x` |" in rows[0] or "byol run `byol-x` |" in rows[1]
-    costs = {("byol-x" in row): row.split(" | ")[5] for row in rows}
+    costs = {("byol-x" in row): row.split(" | ")[8] for row in rows}
     assert costs == {True: "1.25×", False: "2.00×"}  # 500 / 400 from the same start, 600 / 300 from random weights
     assert "30.0 start" in "".join(rows)  # the start run's minutes are counted
+
+
+def test_ran_is_set_against_the_plain_network_of_its_own_seed_and_start():
+    records = [
+        _ferplus_record("supervised", 0, 600.0, acc=0.80, occluded=0.60),
+        _ferplus_record("supervised", 1, 600.0, acc=0.81, occluded=0.64),
+        _ferplus_record("ran", 0, 400.0, acc=0.82, occluded=0.61),
+        _ferplus_record("ran", 1, 400.0, acc=0.80, occluded=0.68),
+        _ferplus_record("ran", 0, 400.0, init="byol-x", acc=0.90),  # no plain network from byol-x: no difference
+    ]
+    rows = [line.split(" | ") for line in results.ferplus_section(records) if " | resnet18, width 32 | " in line]
+    ran, started, plain = ({row[0]: row for row in rows if row[2] == start}[model] for model, start in
+                           [("| ran", "random weights"), ("| ran", "byol run `byol-x`"), ("| supervised", "random weights")])  # fmt: skip
+    assert ran[3:7] == ["81.0 % (82.0 %, 80.0 %)", "64.5 % (61.0 %, 68.0 %)", "+0.5 (+2.0, -1.0)", "+2.5 (+1.0, +4.0)"]
+    assert plain[5:7] == ["", ""] and plain[8] == "1.00×"  # the plain network against itself: nothing to say
+    assert started[5:7] == ["", ""] and started[8] == ""
 
 
 def test_a_run_made_in_a_notebook_is_recorded_with_the_command_given(finished_runs, tmp_path):

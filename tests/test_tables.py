@@ -159,6 +159,12 @@ def test_many_records_one_line_each_with_where_it_came_from(recorded, tmp_path):
     assert row["written"][:2] == "20" and len(row["written"]) == 10
     old = tables.recorded_table([{k: v for k, v in recorded[0].items() if k not in ("provenance", "machine")}])
     assert (old["commit"][0], old["machine"][0], old["command"][0]) == ("not recorded",) * 3
+    assert set(table["start"]) == {""}  # every run here started from random weights
+    started = {
+        **recorded[-1],
+        "init_run": {"run": "supervised-fer2013-1", "method": "supervised", "train_seconds": 1797},
+    }
+    assert tables.recorded_table([started])["start"][0] == "supervised-fer2013-1 (30.0 min)"
 
 
 def test_best_runs_per_source_method_and_protocol_leave_smoke_tests_out(recorded, tmp_path):

@@ -371,8 +371,9 @@ def sources_table(shown: Shown):
 
 def recorded_table(records: list[dict], split: str = "val"):
     """The recorded runs, one line each: what was trained on which dataset, the evaluation that stands for it
-    (:data:`HEADLINE`) on ``split``, its minutes, and where it came from (the commit, marked when files
-    differed from it, the machine, the command). Sorted by dataset, method, protocol and seed."""
+    (:data:`HEADLINE`) on ``split``, its minutes, the run it started from with that run's minutes (empty for
+    random weights), and where it came from (the commit, marked when files differed from it, the machine, the
+    command). Sorted by dataset, method, protocol and seed."""
     import pandas as pd
 
     rows = []
@@ -385,6 +386,7 @@ def recorded_table(records: list[dict], split: str = "val"):
         commit += " + changes" if p.get("uncommitted_changes") else ""
         model = re.sub(r"\((R|TM)\)| CPU(?= @)", "", machine.get("cpu") or "?")  # Intel(R) Xeon(R) ... CPU @
         cpu = f"{model}, {machine.get('cpus') or '?'} cores" if machine else "not recorded"
+        start = r.get("init_run") or {}
         rows.append(
             {
                 "dataset": _dataset(r),
@@ -396,6 +398,7 @@ def recorded_table(records: list[dict], split: str = "val"):
                 "accuracy": m.get("accuracy", float("nan")),
                 "macro_f1": m.get("macro_f1", float("nan")),
                 "minutes": round(r.get("train_seconds", 0) / 60, 1),
+                "start": f"{start['run']} ({start.get('train_seconds', 0) / 60:.1f} min)" if start.get("run") else "",
                 "commit": commit,
                 "command": p.get("command") or "not recorded",
                 "machine": cpu + (f", {machine['gpu']}" if machine.get("gpu") else ""),
@@ -404,7 +407,7 @@ def recorded_table(records: list[dict], split: str = "val"):
             }
         )
     columns = ["dataset", "method", "protocol", "variant", "seed", "evaluation", "accuracy", "macro_f1", "minutes"]
-    table = pd.DataFrame(rows, columns=[*columns, "commit", "command", "machine", "written", "run"])
+    table = pd.DataFrame(rows, columns=[*columns, "start", "commit", "command", "machine", "written", "run"])
     table["seed"] = table["seed"].astype("Int64")  # whole numbers, empty where a record has none
     return table.sort_values(["dataset", "method", "protocol", "seed"], na_position="last").reset_index(drop=True)
 
