@@ -162,7 +162,7 @@ def test_many_records_one_line_each_with_where_it_came_from(recorded, tmp_path):
     assert set(table["start"]) == {""}  # every run here started from random weights
     started = {
         **recorded[-1],
-        "init_run": {"run": "supervised-fer2013-1", "method": "supervised", "train_seconds": 1797},
+        "init_run": {"run": "supervised-fer2013-1", "method": "supervised", "train_seconds": 1799},
     }
     assert tables.recorded_table([started])["start"][0] == "supervised-fer2013-1 (30.0 min)"
 

@@ -321,8 +321,13 @@ def _difference(pairs: list[tuple[dict, dict]], value) -> str:
     gaps = [100 * (value(x) - value(p)) for x, p in pairs if value(x) is not None and value(p) is not None]
     if not gaps:
         return ""
-    each = f" ({', '.join(f'{g:+.1f}' for g in gaps)})" if len(gaps) > 1 else ""
-    return f"{_mean(gaps):+.1f}{each}"
+    each = f" ({', '.join(_signed(g) for g in gaps)})" if len(gaps) > 1 else ""
+    return f"{_signed(_mean(gaps))}{each}"
+
+
+def _signed(points: float) -> str:
+    text = f"{points:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
 
 
 OCCLUSION_COLUMNS = ("clean", "eyes", "mouth", "random square", "left half", "right half")
