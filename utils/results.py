@@ -272,7 +272,7 @@ def ferplus_section(records: list[dict]) -> list[str]:
             for where, table in (x.get("robustness") or {}).items():
                 conditions = table.get("conditions", {})
                 cells = [_pct(conditions.get(c, {}).get("accuracy")) for c in OCCLUSION_COLUMNS + POSE_COLUMNS]
-                covered = _mean(conditions.get(c, {}).get("accuracy") for c in OCCLUSION_COLUMNS[1:])
+                covered = _occluded(conditions)
                 robust.append([x.get("method"), start, x.get("seed"), where, *cells, _pct(covered)])
                 for condition, shift in (table.get("attention_shift") or {}).items():
                     before, after = shift["covered crop, clean"], shift["covered crop, occluded"]
@@ -309,11 +309,15 @@ def ferplus_section(records: list[dict]) -> list[str]:
     return lines
 
 
-def _occluded_mean(record: dict) -> float | None:
-    """The mean accuracy over the five synthetic occlusions, on the first split the run was evaluated on."""
-    tables = list((record.get("robustness") or {}).values())
-    conditions = tables[0].get("conditions", {}) if tables else {}
+def _occluded(conditions: dict) -> float | None:
+    """The mean accuracy over the five synthetic occlusions of one robustness table's conditions."""
     return _mean(conditions.get(c, {}).get("accuracy") for c in OCCLUSION_COLUMNS[1:])
+
+
+def _occluded_mean(record: dict) -> float | None:
+    """:func:`_occluded` on the first split the run was evaluated on."""
+    tables = list((record.get("robustness") or {}).values())
+    return _occluded(tables[0].get("conditions", {})) if tables else None
 
 
 def _difference(pairs: list[tuple[dict, dict]], value) -> str:
